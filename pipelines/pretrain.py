@@ -1,0 +1,248 @@
+"""Pretraining on Ray Train: the train function is plain torch, Ray wraps it.
+
+Ray gives the function its data shard (``get_dataset_shard``), gathers metrics
+and checkpoints (``ray.train.report``), restarts failed workers
+(``FailureConfig``) and, on a re-run with the same run directory, hands back the
+latest checkpoint (``get_checkpoint``), from which the loop resumes at the
+exact step: the LR schedule is a pure function of the step, and the metric
+history travels inside the checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import torch
+import torch.distributed as dist
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, ScalingConfig
+from ray.train import RunConfig as TrainRunConfig
+from ray.train.torch import TorchTrainer
+
+from pipelines.config import RunConfig, config_from_dict, config_to_dict
+from pipelines.models import build_method_from_config, view_recipe
+from ssl_models.augment import augment_batch
+from ssl_models.schedules import SCHEDULES
+
+CHECKPOINT_FILE = "state.pt"
+
+
+@dataclass
+class PretrainResult:
+    checkpoint_path: Path
+    history: list[dict[str, Any]]
+    seconds: float
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def _load_local_shard(batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pull this worker's whole shard into memory once (uint8 NCHW + labels).
+
+    For pools that fit in worker memory this turns every later epoch into pure
+    tensor indexing; the shard is a disjoint, equal-sized split per worker.
+    """
+    shard = ray.train.get_dataset_shard("train")
+    images, labels = [], []
+    for batch in shard.iter_torch_batches(batch_size=max(256, batch_size), dtypes={"image": torch.uint8, "label": torch.int64}):
+        images.append(batch["image"].permute(0, 3, 1, 2).contiguous())
+        labels.append(batch["label"])
+    if not images:
+        raise RuntimeError("this worker's data shard is empty: fewer samples than workers?")
+    return torch.cat(images), torch.cat(labels)
+
+
+def _save_local_checkpoint(state: dict[str, Any], root: Path, epoch: int, keep: int = 2) -> Checkpoint:
+    """Write ``root/epoch_NNNNNN/state.pt`` atomically (temp dir + rename) and prune old ones."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"epoch_{epoch:06d}"
+    tmp = root / f".epoch_{epoch:06d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    torch.save(state, tmp / CHECKPOINT_FILE)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in sorted(root.glob("epoch_*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return Checkpoint.from_directory(str(final))
+
+
+def _latest_local_checkpoint(root: Path) -> Checkpoint | None:
+    found = sorted(p for p in root.glob("epoch_*") if (p / CHECKPOINT_FILE).exists()) if root.exists() else []
+    return Checkpoint.from_directory(str(found[-1])) if found else None
+
+
+def _should_stop(stop: bool) -> bool:
+    """Rank 0 decides (time budget); every rank must agree or DDP would hang."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return stop
+    flag = torch.tensor([1.0 if stop else 0.0])
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
+def train_loop(loop_config: dict[str, Any]) -> None:
+    """Ray Train worker function: SSL pretraining of ``loop_config['config']``."""
+    cfg = config_from_dict(loop_config["config"])
+    tc = cfg.train
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(tc.threads_per_worker or max(1, math.ceil(tc.cpus_per_worker)))
+
+    method = build_method_from_config(cfg)
+    recipe = view_recipe(cfg)
+    local_batch = tc.batch_size // world
+    params = [p for p in method.parameters() if p.requires_grad]
+    if tc.optimizer == "adamw":
+        opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=tc.lr, momentum=0.9, weight_decay=tc.weight_decay)
+
+    start_epoch, step, history = 0, 0, []
+    local_dir = Path(loop_config["local_checkpoint_dir"]) if loop_config.get("local_checkpoint_dir") else None
+    ckpt = ray.train.get_checkpoint() or (_latest_local_checkpoint(local_dir) if local_dir else None)
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        method.load_state_dict(state["method"])
+        opt.load_state_dict(state["optimizer"])
+        start_epoch, step, history = state["epoch"], state["step"], list(state["history"])
+        if rank == 0:
+            print(f"[pretrain] resumed from checkpoint at epoch {start_epoch}, step {step}", flush=True)
+
+    model = ray.train.torch.prepare_model(method) if world > 1 else method
+    images, _ = _load_local_shard(local_batch)
+    steps_per_epoch = len(images) // local_batch
+    if steps_per_epoch == 0:
+        raise RuntimeError(f"worker shard of {len(images)} images is smaller than the local batch {local_batch}")
+    total_steps = steps_per_epoch * tc.epochs
+    warmup_steps = steps_per_epoch * tc.warmup_epochs
+    schedule = SCHEDULES[tc.schedule]
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.precision == "bf16")
+    t_start = time.time()
+
+    for epoch in range(start_epoch, tc.epochs):
+        model.train()
+        gen.manual_seed(cfg.seed * 100003 + epoch * 1009 + rank)  # resumable: the epoch fixes the RNG
+        order = torch.randperm(len(images), generator=gen)
+        t_epoch, losses = time.time(), []
+        for i in range(steps_per_epoch):
+            batch = images[order[i * local_batch : (i + 1) * local_batch]]
+            views = [augment_batch(batch, recipe, gen) for _ in range(_unwrap(model).num_views)]
+            lr = schedule(step, total_steps, warmup_steps, tc.lr)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            with autocast:
+                loss, logs = model(views)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            _unwrap(model).on_step_end(step, total_steps)
+            step += 1
+            losses.append(logs["loss"])
+        seconds = time.time() - t_epoch
+        metrics = {
+            "epoch": epoch + 1,
+            "step": step,
+            "loss": sum(losses) / len(losses),
+            "lr": lr,
+            "images_per_s": steps_per_epoch * tc.batch_size / seconds,
+            "epoch_seconds": seconds,
+        }
+        history.append(metrics)
+        elapsed = time.time() - t_start
+        stop = _should_stop(tc.time_budget_s > 0 and elapsed >= tc.time_budget_s and epoch + 1 < tc.epochs)
+        if rank == 0:
+            eta = seconds * (tc.epochs - epoch - 1)
+            print(
+                f"[pretrain] epoch {epoch + 1}/{tc.epochs}  loss {metrics['loss']:.4f}  lr {lr:.2e}  "
+                f"{metrics['images_per_s']:.0f} img/s  elapsed {elapsed:.0f}s  eta {eta:.0f}s"
+                + ("  (time budget reached, stopping)" if stop else ""),
+                flush=True,
+            )
+        last = stop or epoch + 1 == tc.epochs
+        if last or (epoch + 1) % tc.checkpoint_every_epochs == 0:
+            state = {
+                "method": _unwrap(model).state_dict(),
+                "optimizer": opt.state_dict(),
+                "epoch": epoch + 1,
+                "step": step,
+                "history": history,
+            }
+            if local_dir is not None:  # in-process mode: Ray keeps checkpoints only in memory
+                ray.train.report(metrics, checkpoint=_save_local_checkpoint(state, local_dir, epoch + 1))
+            else:
+                with tempfile.TemporaryDirectory() as tmp:
+                    checkpoint = None
+                    if rank == 0:
+                        torch.save(state, Path(tmp) / CHECKPOINT_FILE)
+                        checkpoint = Checkpoint.from_directory(tmp)
+                    ray.train.report(metrics, checkpoint=checkpoint)
+        else:
+            ray.train.report(metrics)
+        if stop:
+            break
+
+
+def pretrain(cfg: RunConfig, dataset: "ray.data.Dataset", run_dir: str | Path) -> PretrainResult:
+    """Fit ``cfg.method`` on ``dataset`` (rows: image uint8 HWC, label) with Ray Train.
+
+    Checkpoints go to ``run_dir/pretrain``; running again on the same run
+    directory resumes from the latest one. The final state is copied to
+    ``run_dir/checkpoint.pt``.
+    """
+    run_dir = Path(run_dir).resolve()
+    t0 = time.time()
+    tc = cfg.train
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={
+            "config": config_to_dict(cfg),
+            # ScalingConfig(num_workers=0) runs in this process and persists no checkpoints itself
+            "local_checkpoint_dir": str(run_dir / "pretrain" / "local_checkpoints") if tc.num_workers == 0 else None,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker={"CPU": tc.cpus_per_worker}
+        ),
+        run_config=TrainRunConfig(
+            name="pretrain",
+            storage_path=str(run_dir),
+            failure_config=FailureConfig(max_failures=tc.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+        datasets={"train": dataset},
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError("training finished without a checkpoint")
+    final = run_dir / "checkpoint.pt"
+    with result.checkpoint.as_directory() as d:
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.copyfile(Path(d) / CHECKPOINT_FILE, tmp)
+        os.replace(tmp, final)
+    state = torch.load(final, map_location="cpu", weights_only=True)
+    return PretrainResult(final, list(state["history"]), time.time() - t0)
+
+
+def load_backbone(cfg: RunConfig, checkpoint: str | Path) -> torch.nn.Module:
+    """The trained backbone from a checkpoint written by ``pretrain`` (safe load: weights only)."""
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}") from None
+    except Exception as exc:  # noqa: BLE001 - pickled code, truncation, not a torch file
+        raise ValueError(f"{checkpoint} is not a loadable sslpipe checkpoint (weights-only load failed: {exc})") from None
+    method = build_method_from_config(cfg)
+    method.load_state_dict(state["method"])
+    return method.backbone

@@ -1,0 +1,216 @@
+"""The run report: one self-contained HTML file (plots embedded) plus report.json.
+
+It is built only from what the run directory holds (stage records, manifest,
+metrics), so ``sslpipe report RUN_DIR`` can rebuild it at any time.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from curation.ingest import open_input  # noqa: E402
+from curation.shards import iter_tar_samples  # noqa: E402
+from pipelines.atomic import write_json_atomic, write_text_atomic  # noqa: E402
+
+
+def _png_uri(fig: plt.Figure) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def loss_plot(history: list[dict[str, Any]]) -> str:
+    fig, ax = plt.subplots(figsize=(5, 3))
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["loss"] for h in history], marker="o", ms=3)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("SSL loss (train)")
+    ax.set_title("Pretraining loss")
+    ax.grid(alpha=0.3)
+    return _png_uri(fig)
+
+
+def knn_plot(knn: dict[str, float], protocol: str) -> str:
+    fig, ax = plt.subplots(figsize=(5, 3))
+    names = list(knn)
+    values = [knn[n] for n in names]
+    bars = ax.bar(names, values, color=["#999999", "#d08c60", "#4c72b0"][: len(names)])
+    for bar, v in zip(bars, values):
+        ax.text(bar.get_x() + bar.get_width() / 2, v, f"{v:.3f}", ha="center", va="bottom")
+    ax.set_ylim(min(values) - 0.1, 1.0)
+    ax.set_ylabel("top-1 accuracy")
+    ax.set_title(protocol, fontsize=9)
+    return _png_uri(fig)
+
+
+def removed_grid(manifest_path: Path, per_reason: int = 8) -> str | None:
+    """A grid of removed samples, one row per reason, next to the sample each duplicates."""
+    table = pq.read_table(manifest_path, columns=["key", "source", "reason", "duplicate_of", "kept"])
+    rows = [r for r in table.to_pylist() if not r["kept"] and r["reason"] != "duplicate_key"]
+    by_reason: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        if len(by_reason[r["reason"]]) < per_reason:
+            by_reason[r["reason"]].append(r)
+    if not by_reason:
+        return None
+    wanted = {r["key"] for rs in by_reason.values() for r in rs} | {r["duplicate_of"] for rs in by_reason.values() for r in rs}
+    sources = {r["source"] for r in table.to_pylist() if r["key"] in wanted}
+    found: dict[str, bytes] = {}
+    for src in sorted(sources):
+        with open_input(src) as f:
+            for row in iter_tar_samples(f, src):
+                if row["key"] in wanted and row["image"]:
+                    found[row["key"]] = row["image"]
+
+    def pixels(key: str) -> np.ndarray | None:
+        try:
+            return np.asarray(Image.open(io.BytesIO(found[key])).convert("L"))
+        except Exception:  # noqa: BLE001 - corrupt images are exactly what this grid shows
+            return None
+
+    reasons = sorted(by_reason)
+    fig, axes = plt.subplots(len(reasons), per_reason, figsize=(per_reason * 1.1, len(reasons) * 1.3), squeeze=False)
+    for r_i, reason in enumerate(reasons):
+        for c in range(per_reason):
+            ax = axes[r_i][c]
+            ax.axis("off")
+            if c >= len(by_reason[reason]):
+                continue
+            row = by_reason[reason][c]
+            img = pixels(row["key"])
+            if img is not None and row["duplicate_of"] in found:
+                orig = pixels(row["duplicate_of"])
+                if orig is not None and orig.shape == img.shape:
+                    img = np.concatenate([img, np.full((img.shape[0], 2), 255, np.uint8), orig], axis=1)
+            if img is None:
+                ax.text(0.5, 0.5, "undecodable", ha="center", va="center", fontsize=6)
+            else:
+                ax.imshow(img, cmap="gray")
+            if c == 0:
+                ax.set_title(reason, fontsize=7, loc="left")
+    fig.suptitle("Removed samples (duplicates shown next to the kept image they duplicate)", fontsize=8)
+    return _png_uri(fig)
+
+
+def planted_truth(manifest_path: Path) -> dict[str, dict[str, int]] | None:
+    """For demo pools: per planted kind, how many were removed and why."""
+    table = pq.read_table(manifest_path, columns=["meta", "kept", "reason"])
+    stats: dict[str, Counter] = defaultdict(Counter)
+    for meta, kept, reason in zip(*(table.column(c).to_pylist() for c in ("meta", "kept", "reason"))):
+        try:
+            kind = json.loads(meta).get("planted") if meta else None
+        except ValueError:
+            kind = None
+        if kind is None:
+            continue
+        stats[kind]["total"] += 1
+        stats[kind]["removed" if not kept else "kept"] += 1
+        if not kept:
+            stats[kind][reason.split(":")[0]] += 1
+    return {k: dict(v) for k, v in sorted(stats.items())} or None
+
+
+def _table(rows: list[list[Any]], header: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f3f3f3}.verdict{font-size:1.1em;padding:.6em;background:#eef5ee;border-left:4px solid #4a4}
+.warn{background:#fbeee6;border-left-color:#d60}img{max-width:100%}pre{background:#f7f7f7;padding:.5em;overflow:auto}"""
+
+
+def build_report(run_dir: str | Path) -> Path:
+    """Write ``run_dir/report.html`` and ``run_dir/report.json`` from the run's stage records."""
+    run_dir = Path(run_dir)
+    stages_dir = run_dir / "stages"
+    if not stages_dir.is_dir():
+        from curation.errors import InputError
+
+        raise InputError(f"{run_dir} is not an sslpipe run directory (no stages/); run `sslpipe run CONFIG` first")
+    stages = {p.stem: json.loads(p.read_text()) for p in sorted(stages_dir.glob("*.json"))}
+    figures: dict[str, Any] = {"run_dir": str(run_dir), "stages": sorted(stages)}
+    parts = [f"<h1>sslpipe run report</h1><p>Run directory: <code>{html.escape(str(run_dir.resolve()))}</code></p>"]
+
+    ev = stages.get("evaluate")
+    if ev:
+        knn = ev["knn_top1"]
+        figures["knn"] = ev
+        gain, vs_raw = ev["gain_over_random_init"], ev["gain_over_raw_pixels"]
+        cls = "verdict" if gain > 0 else "verdict warn"
+        raw_sentence = (
+            f"{abs(vs_raw) * 100:.1f} points {'above' if vs_raw >= 0 else 'below'} kNN on raw pixels"
+        )
+        parts.append(
+            f"<h2>What was learned</h2><p class='{cls}'>The pretrained encoder reaches kNN top-1 "
+            f"<b>{knn['pretrained']:.3f}</b>, {gain * 100:+.1f} points over the same encoder at random "
+            f"initialisation ({knn['random_init']:.3f}) and {raw_sentence} ({knn['raw_pixels']:.3f}).</p>"
+            f"<p>Protocol: {html.escape(ev['protocol'])}; bank = {ev['bank_size']} curated labelled training images, "
+            f"queries = {ev['test_size']} held-out images.</p>"
+            + _table([[k, f"{v:.4f}"] for k, v in knn.items()], ["encoder", "kNN top-1"])
+            + f"<img src='{knn_plot(knn, ev['protocol'])}'>"
+        )
+    pt = stages.get("pretrain")
+    if pt:
+        figures["pretrain"] = {k: pt[k] for k in ("seconds", "history") if k in pt}
+        hist = pt.get("history", [])
+        last = hist[-1] if hist else {}
+        parts.append(
+            f"<h2>Pretraining</h2><p>{html.escape(pt.get('description', ''))}</p>"
+            f"<p>{len(hist)} epochs, {last.get('step', 0)} optimizer steps in {pt['seconds']:.0f} s; "
+            f"last epoch {last.get('images_per_s', 0):.0f} images/s.</p>"
+            + (f"<img src='{loss_plot(hist)}'>" if hist else "")
+        )
+    cu = stages.get("curate")
+    if cu:
+        figures["curation"] = cu["summary"]
+        summary = cu["summary"]
+        parts.append(
+            f"<h2>Curation</h2><p>{summary['input']} input samples: <b>{summary['kept']} kept</b>, "
+            f"{summary['removed']} removed (kept + removed = input; every key once in "
+            f"<code>manifest.parquet</code>).</p>"
+            + _table([[r, n] for r, n in summary["reasons"].items()], ["reason", "samples"])
+        )
+        manifest = Path(cu["manifest"])
+        truth = planted_truth(manifest) if manifest.exists() else None
+        if truth:
+            figures["planted_truth"] = truth
+            parts.append(
+                "<h3>Planted truth (demo pool)</h3><p>What curation did with each kind of planted sample. "
+                "Originals should be kept; a removed original means its copy sorted first and was kept instead.</p>"
+                + _table(
+                    [[k, v.get("total", 0), v.get("kept", 0), v.get("removed", 0),
+                      ", ".join(f"{r} {n}" for r, n in v.items() if r not in ("total", "kept", "removed"))]
+                     for k, v in truth.items()],
+                    ["planted kind", "total", "kept", "removed", "removed as"],
+                )
+            )
+        grid = removed_grid(manifest) if manifest.exists() else None
+        if grid:
+            parts.append(f"<img src='{grid}'>")
+    timings = {name: round(float(s.get("seconds", 0.0)), 1) for name, s in stages.items() if "seconds" in s}
+    figures["stage_seconds"] = timings
+    parts.append("<h2>Stages</h2>" + _table([[k, v] for k, v in timings.items()], ["stage", "seconds"]))
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.exists():
+        parts.append(f"<h2>Resolved config</h2><pre>{html.escape(cfg_path.read_text())}</pre>")
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>sslpipe report</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
+    write_json_atomic(figures, run_dir / "report.json")
+    return write_text_atomic(page, run_dir / "report.html")

@@ -1,0 +1,27 @@
+"""Loss functions: small, pure, gather-aware. One file per family."""
+
+from ssl_models.losses.barlow import barlow_twins_loss, mixed_barlow_regulariser
+from ssl_models.losses.byol import negative_cosine
+from ssl_models.losses.dcl import dcl_loss
+from ssl_models.losses.isogclr import ISogCLROutput, isogclr_loss
+from ssl_models.losses.mae import mae_loss, patchify
+from ssl_models.losses.moco import MochiDraw, draw_mochi, mochi_negatives, moco_loss
+from ssl_models.losses.ntxent import nt_xent_loss
+from ssl_models.losses.vicreg import vicreg_loss
+
+__all__ = [
+    "nt_xent_loss",
+    "dcl_loss",
+    "moco_loss",
+    "draw_mochi",
+    "mochi_negatives",
+    "MochiDraw",
+    "negative_cosine",
+    "barlow_twins_loss",
+    "mixed_barlow_regulariser",
+    "vicreg_loss",
+    "isogclr_loss",
+    "ISogCLROutput",
+    "mae_loss",
+    "patchify",
+]

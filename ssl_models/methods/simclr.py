@@ -1,0 +1,37 @@
+"""SimCLR (Chen et al. 2020): two views, a projection head, NT-Xent over the global batch."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ssl_models.heads import projection_head
+from ssl_models.losses.ntxent import nt_xent_loss
+from ssl_models.methods.base import SSLMethod
+
+
+class SimCLR(SSLMethod):
+    """Backbone -> MLP projection -> NT-Xent with temperature ``temperature``."""
+
+    num_views = 2
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature_dim: int,
+        *,
+        temperature: float = 0.5,
+        proj_hidden_dim: int = 2048,
+        proj_dim: int = 128,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.feature_dim = feature_dim
+        self.temperature = temperature
+        self.projector = projection_head(feature_dim, proj_hidden_dim, proj_dim)
+
+    def forward(self, views: list[Tensor]) -> tuple[Tensor, dict[str, float]]:
+        self.check_views(views)
+        z1 = self.projector(self.backbone(views[0]))
+        z2 = self.projector(self.backbone(views[1]))
+        loss = nt_xent_loss(z1, z2, self.temperature)
+        return loss, {"loss": float(loss.detach())}

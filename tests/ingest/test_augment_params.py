@@ -1,0 +1,150 @@
+"""The batched views draw their random parameters from the same distributions as
+torchvision's per-sample SimCLR recipe (``torchvision_recipe``).
+
+We sample many parameter sets from ``sample_view_params`` and from torchvision's
+own samplers (``RandomResizedCrop.get_params``, ``ColorJitter.get_params``, the
+Bernoulli gates of ``RandomApply``/``RandomHorizontalFlip``/``RandomGrayscale``)
+and compare: two-sample KS tests for continuous parameters, binomial bounds for
+probabilities. A wrong range, a swapped ratio or a missing rejection loop moves a
+KS statistic far past its critical value at these sample sizes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from torchvision import transforms as T
+from torchvision.transforms import v2
+
+from ssl_models.augment import (
+    ViewRecipe,
+    apply_view_params,
+    augment_batch,
+    sample_view_params,
+    torchvision_recipe,
+)
+
+N = 4000
+P_MIN = 1e-3  # a false alarm in one of ~20 comparisons stays rare; real mismatches give p ~ 1e-20
+
+
+def _ours_crop_pixels(recipe: ViewRecipe, height: int, width: int, seed: int) -> dict[str, np.ndarray]:
+    p = sample_view_params(N, recipe, aspect=width / height, generator=torch.Generator().manual_seed(seed))
+    # whole pixels, as torchvision rounds them: point masses (the fallback crop) then line up
+    w, h = (p.crop_w.double() * width).round().numpy(), (p.crop_h.double() * height).round().numpy()
+    movable = w <= width - 50  # a free range of >= 50 px: torchvision's integer offsets are then near-continuous
+    # position as a fraction of the free range: uniform over [0, 1] for both samplers
+    pos = ((p.center_x / (1 - p.crop_w).clamp(min=1e-9) + 1) / 2).numpy()
+    return {"area": w * h / (width * height), "log_ratio": np.log(w / h), "pos": pos[movable],
+            "raw_area": (p.crop_w * p.crop_h).numpy(), "raw_ratio": (p.crop_w / p.crop_h).numpy() * width / height}
+
+
+def _torchvision_crop_pixels(recipe: ViewRecipe, height: int, width: int, seed: int) -> dict[str, np.ndarray]:
+    torch.manual_seed(seed)
+    img = torch.zeros(1, height, width, dtype=torch.uint8)
+    boxes = np.array([T.RandomResizedCrop.get_params(img, list(recipe.crop_scale), list(recipe.crop_ratio)) for _ in range(N)])
+    i, j, h, w = boxes.T.astype(float)
+    movable = w <= width - 50
+    return {"area": w * h / (width * height), "log_ratio": np.log(w / h), "pos": (j / np.maximum(width - w, 1))[movable]}
+
+
+@pytest.mark.parametrize("height,width", [(1000, 1000), (500, 1000), (1000, 400)])
+@pytest.mark.parametrize("scale", [(0.08, 1.0), (0.5, 1.0)])
+def test_crop_scale_ratio_and_position_match_torchvision(height: int, width: int, scale: tuple[float, float]) -> None:
+    """Non-square sources exercise the 10-try rejection loop and the clamped-ratio fallback."""
+    recipe = ViewRecipe(crop_scale=scale)
+    ours = _ours_crop_pixels(recipe, height, width, seed=1)
+    ref = _torchvision_crop_pixels(recipe, height, width, seed=2)
+    for name in ("area", "log_ratio", "pos"):
+        if min(len(ours[name]), len(ref[name])) < 200:
+            continue  # nearly every crop is the fallback: no free range to compare
+        result = stats.ks_2samp(ours[name], ref[name])
+        assert result.pvalue > P_MIN, f"{name}: KS {result.statistic:.3f} p={result.pvalue:.2g} ({height}x{width}, scale {scale})"
+    # the ranges themselves (rounding to whole pixels in torchvision aside)
+    # the ranges themselves, before pixel rounding: area within scale unless it is the fallback
+    # crop, pixel ratio always within the ratio range (the fallback clamps it there too)
+    assert ours["raw_area"].max() <= 1 + 1e-6
+    assert np.all((ours["raw_area"] >= scale[0] - 1e-6) | (np.abs(ours["raw_area"] - ours["raw_area"].min()) < 1e-6))
+    assert ours["raw_ratio"].min() >= 3 / 4 - 1e-5 and ours["raw_ratio"].max() <= 4 / 3 + 1e-5
+
+
+def test_colour_jitter_factors_match_torchvision() -> None:
+    recipe = ViewRecipe(jitter_strength=1.0)  # brightness 0.8, hue 0.2
+    p = sample_view_params(N, recipe, generator=torch.Generator().manual_seed(3))
+    jitter = v2.ColorJitter(0.8, 0.8, 0.8, 0.2)
+    torch.manual_seed(4)
+    ref = np.array([T.ColorJitter.get_params(jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue)[1:] for _ in range(N)])
+    for col, name in enumerate(("brightness", "contrast", "saturation", "hue")):
+        result = stats.ks_2samp(getattr(p, name).numpy(), ref[:, col])
+        assert result.pvalue > P_MIN, f"{name}: KS {result.statistic:.3f} p={result.pvalue:.2g}"
+
+
+def test_strong_jitter_keeps_torchvisions_interval_not_a_clamped_spike() -> None:
+    """s = 1.5: brightness interval is [0, 2.2]; a clamp at 0 would put ~9 % of the mass on 0."""
+    p = sample_view_params(N, ViewRecipe(jitter_strength=1.5), generator=torch.Generator().manual_seed(5))
+    b = p.brightness.numpy()
+    assert (b == 0).mean() < 0.001
+    assert stats.kstest(b, stats.uniform(0, 2.2).cdf).pvalue > P_MIN
+
+
+@pytest.mark.parametrize(
+    "field,prob,recipe",
+    [
+        ("flip", 0.5, ViewRecipe()),
+        ("jitter", 0.8, ViewRecipe()),
+        ("grayscale", 0.2, ViewRecipe()),
+        ("blur", 0.5, ViewRecipe(blur_prob=0.5)),
+        ("flip", 0.0, ViewRecipe(flip_prob=0.0)),
+    ],
+)
+def test_gate_probabilities_match_the_recipe(field: str, prob: float, recipe: ViewRecipe) -> None:
+    """Each gate is a Bernoulli(p), as RandomApply / RandomHorizontalFlip / RandomGrayscale draw it."""
+    p = sample_view_params(N, recipe, generator=torch.Generator().manual_seed(6))
+    hits = int(getattr(p, field).sum())
+    assert stats.binomtest(hits, N, prob).pvalue > P_MIN if 0 < prob < 1 else hits == 0
+
+
+def test_torchvision_recipe_gates_fire_at_the_same_rate() -> None:
+    """Close the loop on the reference pipeline itself: its jitter gate is RandomApply(p=0.8)."""
+    recipe = ViewRecipe(jitter_strength=1.0)
+    pipe = torchvision_recipe(recipe)
+    jitter_gate = next(t for t in pipe.transforms if isinstance(t, v2.RandomApply))
+    flip = next(t for t in pipe.transforms if isinstance(t, v2.RandomHorizontalFlip))
+    crop = next(t for t in pipe.transforms if isinstance(t, v2.RandomResizedCrop))
+    gray = next(t for t in pipe.transforms if isinstance(t, v2.RandomGrayscale))
+    assert jitter_gate.p == recipe.jitter_prob and flip.p == recipe.flip_prob and gray.p == recipe.grayscale_prob
+    assert tuple(crop.scale) == recipe.crop_scale and tuple(crop.ratio) == recipe.crop_ratio
+    out = pipe(torch.randint(0, 256, (3, 40, 48), dtype=torch.uint8))
+    assert out.shape == (3, 32, 32) and out.dtype == torch.float32
+
+
+def test_apply_renders_the_parameters_it_is_given() -> None:
+    """Full-image crop without jitter is a resize; the flip bit mirrors it exactly."""
+    recipe = ViewRecipe(size=16, mean=(0.0,), std=(1.0,))
+    images = torch.rand(2, 3, 16, 16)
+    p = sample_view_params(2, recipe, generator=torch.Generator().manual_seed(7))
+    for name in ("crop_w", "crop_h"):
+        setattr(p, name, torch.ones(2))
+    for name in ("center_x", "center_y"):
+        setattr(p, name, torch.zeros(2))
+    for name in ("jitter", "grayscale", "blur"):
+        setattr(p, name, torch.zeros(2, dtype=torch.bool))
+    p.flip = torch.tensor([False, True])
+    out = apply_view_params(images, p, recipe)
+    torch.testing.assert_close(out[0], images[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[1], images[1].flip(-1), atol=1e-5, rtol=0)
+
+
+def test_augment_batch_is_reproducible_and_varies_per_sample() -> None:
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8).expand(8, 3, 32, 32).clone()
+    images[:] = images[0]  # the same picture 8 times: different outputs prove per-sample parameters
+    a = augment_batch(images, ViewRecipe(), torch.Generator().manual_seed(0))
+    b = augment_batch(images, ViewRecipe(), torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)
+    assert a.shape == (8, 3, 32, 32)
+    distinct = {tuple(v.flatten()[:64].tolist()) for v in a}
+    assert len(distinct) == 8

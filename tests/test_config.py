@@ -1,0 +1,62 @@
+"""Config is typed and validated on load: errors name the key and what is allowed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import ConfigError, RunConfig, config_from_dict, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_are_valid_and_typed() -> None:
+    cfg = load_config(None)
+    assert isinstance(cfg, RunConfig)
+    assert cfg.train.num_workers == 2 and isinstance(cfg.train.lr, float)
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "cifar10.yaml"])
+def test_shipped_configs_load(name: str) -> None:
+    cfg = load_config(REPO / "configs" / name)
+    assert cfg.method.name == "simclr"
+
+
+def test_overrides_are_parsed_as_yaml_and_validated() -> None:
+    cfg = load_config(None, ["train.epochs=3", "method.temperature=0.5", "ray.address=null"])
+    assert cfg.train.epochs == 3 and cfg.method.temperature == 0.5 and cfg.ray.address is None
+
+
+@pytest.mark.parametrize(
+    "data, key, allowed",
+    [
+        ({"train": {"epoch": 3}}, "train.epoch", "allowed keys"),
+        ({"trian": {}}, "trian", "allowed keys: run_dir"),
+        ({"train": {"epochs": "many"}}, "train.epochs", "an integer"),
+        ({"train": {"epochs": 1.5}}, "train.epochs", "an integer"),
+        ({"train": {"use_gpu": "yes"}}, "train.use_gpu", "true or false"),
+        ({"method": {"name": "simsiam"}}, "method.name", "one of 'simclr'"),
+        ({"data": {"channels": 2}}, "data.channels", "one of 1, 3"),
+        ({"method": {"temperature": 0}}, "method.temperature", "[0.001, 10]"),
+        ({"train": {"batch_size": 255}}, "train.batch_size", "multiple of train.num_workers"),
+        ({"augment": {"crop_scale_min": 0.9, "crop_scale_max": 0.5}}, "augment.crop_scale_min", "min <= max"),
+        ({"train": 5}, "train", "a mapping with keys"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_allowed_values(data: dict, key: str, allowed: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(data)
+    assert f"'{key}" in str(err.value)
+    assert allowed in str(err.value)
+
+
+def test_bad_override_syntax_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["train.epochs"])
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n- not a mapping\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(bad)

@@ -1,0 +1,60 @@
+"""Pretraining through Ray Train's TorchTrainer: runs, checkpoints, resumes, loads safely."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines.config import load_config
+from pipelines.pretrain import load_backbone, pretrain
+
+
+def small_config(run_dir: Path, epochs: int, workers: int = 0):
+    return load_config(None, [
+        f"run_dir={run_dir}", f"train.num_workers={workers}", f"train.epochs={epochs}", "train.batch_size=64",
+        "train.warmup_epochs=0", "backbone.width=8", "method.proj_hidden_dim=32", "method.proj_dim=16",
+        "train.cpus_per_worker=1.0",
+    ])
+
+
+@pytest.fixture(scope="module")
+def digits_dataset(ray_session, mnist_digits):
+    images, labels = mnist_digits
+    rows = [{"image": images[i][:, :, None], "label": int(labels[i])} for i in range(256)]
+    return ray_session.data.from_items(rows)
+
+
+def test_in_process_training_checkpoints_and_resumes(digits_dataset, tmp_path: Path) -> None:
+    first = pretrain(small_config(tmp_path, epochs=2), digits_dataset, tmp_path)
+    assert [h["epoch"] for h in first.history] == [1, 2]
+    assert all(np.isfinite(h["loss"]) for h in first.history)
+    assert first.history[-1]["step"] == 2 * (256 // 64)
+
+    # same run directory, more epochs: continues from epoch 2 instead of starting over
+    second = pretrain(small_config(tmp_path, epochs=3), digits_dataset, tmp_path)
+    assert [h["epoch"] for h in second.history] == [1, 2, 3]
+    assert second.history[:2] == first.history
+    assert second.history[-1]["step"] == 3 * (256 // 64)
+
+    backbone = load_backbone(small_config(tmp_path, epochs=3), second.checkpoint_path)
+    out = backbone(torch.zeros(2, 1, 28, 28))
+    assert out.shape == (2, 32)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (Path.touch, (Path("/tmp/sslpipe_pwned"),))
+
+
+def test_malicious_checkpoint_is_refused_without_running_code(tmp_path: Path) -> None:
+    marker = Path("/tmp/sslpipe_pwned")
+    marker.unlink(missing_ok=True)
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"method": _Payload()}))
+    with pytest.raises(ValueError, match="not a loadable sslpipe checkpoint"):
+        load_backbone(small_config(tmp_path, epochs=1), evil)
+    assert not marker.exists()
