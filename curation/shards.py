@@ -48,13 +48,16 @@ def _split_member_name(name: str) -> tuple[str, str]:
     return key, ext.lower()
 
 
-def write_shard(samples: Iterable[Sample], path: str | Path) -> int:
-    """Write one tar shard atomically (temp + rename); returns the sample count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    count = 0
-    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+def write_tar_stream(samples: Iterable[Sample], fileobj: IO[bytes]) -> list[tuple[str, int, int]]:
+    """Write ``samples`` (sorted by key here) as a tar to a writable stream.
+
+    Returns (key, offset, size) per sample: the byte offset and length of its
+    image member's data inside the tar, so an index can range-read one image
+    (a local ``seek`` or an S3 range GET) without scanning the shard. Stream
+    mode (``w|``) needs no seek, so the target may be an object-store upload.
+    """
+    entries: list[tuple[str, int, int]] = []
+    with tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for sample in sorted(samples, key=lambda s: s.key):
             members: list[tuple[str, bytes]] = []
             if sample.image is not None:
@@ -62,12 +65,58 @@ def write_shard(samples: Iterable[Sample], path: str | Path) -> int:
             members.append((f"{sample.key}.cls", str(int(sample.label)).encode()))
             if sample.meta:
                 members.append((f"{sample.key}.json", json.dumps(sample.meta, sort_keys=True).encode()))
-            for name, payload in members:
+            offset, size = -1, 0
+            for i, (name, payload) in enumerate(members):
                 info = tarfile.TarInfo(name)
                 info.size = len(payload)
                 info.mtime = 0  # reproducible bytes
                 tar.addfile(info, io.BytesIO(payload))
-            count += 1
+                if i == 0 and sample.image is not None:
+                    # after addfile the offset is past the data padded to a 512-byte block
+                    offset, size = tar.offset - _padded(len(payload)), len(payload)
+            entries.append((sample.key, offset, size))
+    return entries
+
+
+def _padded(n: int) -> int:
+    return (n + tarfile.BLOCKSIZE - 1) // tarfile.BLOCKSIZE * tarfile.BLOCKSIZE
+
+
+PARQUET_SCHEMA_FIELDS = (("key", "string"), ("image", "binary"), ("ext", "string"), ("label", "int64"), ("meta", "string"))
+
+
+def write_parquet_stream(samples: Iterable[Sample], fileobj: IO[bytes], row_group_size: int = 256) -> list[tuple[str, int, int]]:
+    """Write ``samples`` sorted by key as a parquet shard with an ``image`` binary column.
+
+    Returns (key, row, size) per sample: for parquet the index ``offset`` is the
+    row number. Small row groups keep a streaming reader's memory at a few
+    hundred encoded images, whatever the shard size.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ordered = sorted(samples, key=lambda s: s.key)
+    schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in PARQUET_SCHEMA_FIELDS])
+    with pq.ParquetWriter(fileobj, schema, compression="none") as writer:  # JPEG/PNG bytes do not compress
+        for start in range(0, max(len(ordered), 1), row_group_size):
+            chunk = ordered[start : start + row_group_size]
+            writer.write_table(pa.table({
+                "key": [x.key for x in chunk],
+                "image": [x.image for x in chunk],
+                "ext": [x.ext for x in chunk],
+                "label": [int(x.label) for x in chunk],
+                "meta": [json.dumps(x.meta, sort_keys=True) if x.meta else "" for x in chunk],
+            }, schema=schema))
+    return [(x.key, i, len(x.image or b"")) for i, x in enumerate(ordered)]
+
+
+def write_shard(samples: Iterable[Sample], path: str | Path) -> int:
+    """Write one tar shard atomically (temp + rename); returns the sample count."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        count = len(write_tar_stream(samples, f))
     os.replace(tmp, path)
     return count
 
@@ -201,12 +250,125 @@ def iter_tar_samples(fileobj: IO[bytes], source: str) -> Iterator[dict[str, Any]
         yield _finish(current_key, parts, source)
 
 
+_MAGIC = (
+    (b"\xff\xd8\xff", "jpg"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"GIF87a", "gif"),
+    (b"GIF89a", "gif"),
+    (b"BM", "bmp"),
+    (b"II*\x00", "tif"),
+    (b"MM\x00*", "tif"),
+)
+
+
+def sniff_image_ext(data: bytes) -> str | None:
+    """The image format named by the first bytes, or None for anything else.
+
+    A cheap gate at sharding time: it costs a few byte compares where a decode
+    costs a millisecond, and catches text, HTML error pages and zero-filled files
+    renamed to ``.jpg``; a damaged image with a good header is left to
+    curation's full decode.
+    """
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return next((ext for magic, ext in _MAGIC if data.startswith(magic)), None)
+
+
+def scan_tar_index(fileobj: IO[bytes], source: str) -> Iterator[dict[str, Any]]:
+    """Like ``iter_tar_samples`` but yields where each image lies instead of its bytes.
+
+    Rows: key, ext, label, meta, source, offset, size, read_error. Used to plan
+    a re-shard: only labels and metadata are kept in memory, the images are
+    range-read later in key order. Same safety rules as ``iter_tar_samples``:
+    links, special members and escaping names become error rows; pickles are
+    skipped unread.
+    """
+    current: dict[str, Any] | None = None
+
+    def finish(row: dict[str, Any]) -> dict[str, Any]:
+        if not row["ext"] and not row["read_error"]:
+            row["read_error"] = "no_image_member"
+        return row
+
+    try:
+        with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+            for member in tar:
+                if member.isdir():
+                    continue
+                key, ext = _split_member_name(member.name)
+                unsafe_path = member.name.startswith("/") or ".." in member.name.split("/")
+                if not member.isfile() or unsafe_path:
+                    kind = "link_member" if (member.issym() or member.islnk()) else (
+                        "special_member" if not member.isfile() else "unsafe_path")
+                    yield {"key": f"{source}#{member.name}", "ext": ext, "label": -1, "meta": "", "source": source,
+                           "offset": -1, "size": 0, "read_error": kind}
+                    continue
+                if current is None or key != current["key"]:
+                    if current is not None:
+                        yield finish(current)
+                    current = {"key": key, "ext": "", "label": -1, "meta": "", "source": source, "offset": -1,
+                               "size": 0, "read_error": ""}
+                if ext in UNSAFE_EXTENSIONS:
+                    continue
+                if ext in IMAGE_EXTENSIONS and not current["ext"]:
+                    current.update(ext=ext, offset=member.offset_data, size=member.size)
+                elif ext in ("cls", "json"):
+                    handle = tar.extractfile(member)
+                    payload = handle.read() if handle is not None else b""
+                    parsed = _finish(key, {ext: payload}, source)
+                    if ext == "cls":
+                        current["label"] = parsed["label"]
+                    else:
+                        current["meta"] = parsed["meta"]
+                    if parsed["read_error"] in ("bad_label", "bad_meta"):
+                        current["read_error"] = current["read_error"] or parsed["read_error"]
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        # the sample being read when the archive broke may lack its image data: drop it as truncated
+        yield {"key": f"{source}#truncated", "ext": "", "label": -1, "meta": json.dumps({"error": str(exc)[:200]}),
+               "source": source, "offset": -1, "size": 0, "read_error": "truncated_shard"}
+        if current is not None and current["offset"] >= 0:
+            current = dict(current, read_error="truncated_shard")
+            yield current
+        current = None
+    if current is not None:
+        yield finish(current)
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Expand webdataset-style brace lists: ``a-{000..003}.tar``, ``{train,val}/x.tar``.
+
+    Numeric ranges keep the zero padding of their first bound; several groups
+    multiply out left to right. Text without braces comes back as itself.
+    """
+    start = pattern.find("{")
+    if start < 0:
+        return [pattern]
+    end = pattern.find("}", start)
+    if end < 0:
+        raise InputError(f"unbalanced '{{' in {pattern!r}")
+    body = pattern[start + 1 : end]
+    if ".." in body and "," not in body:
+        lo, _, hi = body.partition("..")
+        if not (lo.isdigit() and hi.isdigit()):
+            raise InputError(f"brace range {{{body}}} in {pattern!r} must be numeric, like {{000..099}}")
+        width = len(lo) if lo.startswith("0") else 0
+        step = 1 if int(hi) >= int(lo) else -1
+        choices = [str(i).zfill(width) for i in range(int(lo), int(hi) + step, step)]
+    else:
+        choices = body.split(",")
+    head, tail = pattern[:start], pattern[end + 1 :]
+    return [head + c + rest for c in choices for rest in expand_braces(tail)]
+
+
 def list_shards(location: str | Path) -> list[str]:
-    """Shard paths under a directory (``*.tar``, sorted) or matching a glob, or one tar file.
+    """Shard paths under a directory (``*.tar``, sorted), matching a glob or brace list, or one tar file.
 
     Raises InputError with a message that names the path and the fix.
     """
     text = str(location)
+    if "{" in text:
+        found = [p for part in expand_braces(text) for p in list_shards(part)]
+        return sorted(dict.fromkeys(found))
     p = Path(text)
     if any(ch in text for ch in "*?["):
         found = sorted(glob.glob(text))

@@ -171,6 +171,12 @@ class TrainConfig:
     max_failures: int = 1
     #: torch threads per worker; 0 = cpus_per_worker rounded up
     threads_per_worker: int = 0
+    #: online kNN monitor on the held-out set every N epochs (0 = off); what sweeps rank trials by
+    knn_monitor_every: int = 1
+    #: cap on the labelled training images rank 0 uses as the monitor's kNN bank
+    knn_monitor_bank: int = 10000
+    #: cap on held-out queries for the monitor
+    knn_monitor_queries: int = 2000
 
     def validate(self, path: str) -> None:
         _check(self.num_workers >= 0, f"{path}.num_workers", "an integer >= 0 (0 runs in the driver)")
@@ -190,6 +196,9 @@ class TrainConfig:
         _check(self.checkpoint_every_epochs >= 1, f"{path}.checkpoint_every_epochs", "an integer >= 1")
         _check(self.max_failures >= 0, f"{path}.max_failures", "an integer >= 0")
         _check(self.threads_per_worker >= 0, f"{path}.threads_per_worker", "an integer >= 0")
+        _check(self.knn_monitor_every >= 0, f"{path}.knn_monitor_every", "an integer >= 0 (0 = off)")
+        _check(self.knn_monitor_bank >= 1, f"{path}.knn_monitor_bank", "an integer >= 1")
+        _check(self.knn_monitor_queries >= 1, f"{path}.knn_monitor_queries", "an integer >= 1")
 
 
 @dataclass

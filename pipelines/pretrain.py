@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
 import ray.train
 import torch
@@ -82,6 +83,50 @@ def _latest_local_checkpoint(root: Path) -> Checkpoint | None:
     return Checkpoint.from_directory(str(found[-1])) if found else None
 
 
+def _load_monitor_queries(limit: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The held-out labelled set for the online kNN monitor (rank 0 only), or None if not given."""
+    try:
+        shard = ray.train.get_dataset_shard("val")
+    except (KeyError, ValueError):
+        return None
+    if shard is None:
+        return None
+    images, labels = [], []
+    for batch in shard.iter_torch_batches(batch_size=512, dtypes={"image": torch.uint8, "label": torch.int64}):
+        keep = batch["label"] >= 0
+        images.append(batch["image"][keep].permute(0, 3, 1, 2).contiguous())
+        labels.append(batch["label"][keep])
+        if sum(len(x) for x in labels) >= limit:
+            break
+    if not images:
+        return None
+    return torch.cat(images)[:limit], torch.cat(labels)[:limit]
+
+
+@torch.no_grad()
+def _online_knn(backbone: torch.nn.Module, bank: tuple[torch.Tensor, torch.Tensor],
+                queries: tuple[torch.Tensor, torch.Tensor], cfg: RunConfig) -> float:
+    """kNN top-1 of the current backbone: labelled training images as bank, held-out images as queries.
+
+    SSL losses are not comparable across temperatures or methods, so this, not the
+    loss, is what sweeps and early stopping rank trials by.
+    """
+    from pipelines.evaluation.knn import KnnProtocol, knn_accuracy
+    from ssl_models.augment import normalize_batch
+
+    recipe = view_recipe(cfg)
+    was_training = backbone.training
+    backbone.eval()
+
+    def feats(x: torch.Tensor) -> np.ndarray:
+        return torch.cat([backbone(normalize_batch(x[i : i + 512], recipe)).float() for i in range(0, len(x), 512)]).numpy()
+
+    protocol = KnnProtocol(cfg.eval.knn_k, cfg.eval.knn_temperature, "online")
+    acc = knn_accuracy(feats(bank[0]), bank[1].numpy(), feats(queries[0]), queries[1].numpy(), protocol)
+    backbone.train(was_training)
+    return acc
+
+
 def _should_stop(stop: bool) -> bool:
     """Rank 0 decides (time budget); every rank must agree or DDP would hang."""
     if not (dist.is_available() and dist.is_initialized()):
@@ -121,7 +166,13 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             print(f"[pretrain] resumed from checkpoint at epoch {start_epoch}, step {step}", flush=True)
 
     model = ray.train.torch.prepare_model(method) if world > 1 else method
-    images, _ = _load_local_shard(local_batch)
+    images, labels = _load_local_shard(local_batch)
+    monitor = None
+    if rank == 0 and tc.knn_monitor_every > 0:
+        queries = _load_monitor_queries(tc.knn_monitor_queries)
+        labelled = torch.nonzero(labels >= 0).flatten()[: tc.knn_monitor_bank]
+        if queries is not None and len(labelled) > 0:
+            monitor = ((images[labelled], labels[labelled]), queries)
     steps_per_epoch = len(images) // local_batch
     if steps_per_epoch == 0:
         raise RuntimeError(f"worker shard of {len(images)} images is smaller than the local batch {local_batch}")
@@ -160,6 +211,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             "images_per_s": steps_per_epoch * tc.batch_size / seconds,
             "epoch_seconds": seconds,
         }
+        if tc.knn_monitor_every and (epoch + 1) % tc.knn_monitor_every == 0:
+            # every rank reports the same keys; only rank 0 holds the monitor data
+            metrics["knn_top1"] = _online_knn(_unwrap(model).backbone, *monitor, cfg) if monitor else float("nan")
         history.append(metrics)
         elapsed = time.time() - t_start
         stop = _should_stop(tc.time_budget_s > 0 and elapsed >= tc.time_budget_s and epoch + 1 < tc.epochs)
@@ -167,7 +221,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             eta = seconds * (tc.epochs - epoch - 1)
             print(
                 f"[pretrain] epoch {epoch + 1}/{tc.epochs}  loss {metrics['loss']:.4f}  lr {lr:.2e}  "
-                f"{metrics['images_per_s']:.0f} img/s  elapsed {elapsed:.0f}s  eta {eta:.0f}s"
+                f"{metrics['images_per_s']:.0f} img/s"
+                + (f"  knn {metrics['knn_top1']:.3f}" if "knn_top1" in metrics else "")
+                + f"  elapsed {elapsed:.0f}s  eta {eta:.0f}s"
                 + ("  (time budget reached, stopping)" if stop else ""),
                 flush=True,
             )
@@ -195,8 +251,20 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             break
 
 
-def pretrain(cfg: RunConfig, dataset: "ray.data.Dataset", run_dir: str | Path) -> PretrainResult:
+def pretrain(
+    cfg: RunConfig,
+    dataset: "ray.data.Dataset",
+    run_dir: str | Path,
+    val_dataset: "ray.data.Dataset | None" = None,
+    *,
+    name: str = "pretrain",
+    callbacks: list[Any] | None = None,
+) -> PretrainResult:
     """Fit ``cfg.method`` on ``dataset`` (rows: image uint8 HWC, label) with Ray Train.
+
+    ``val_dataset`` (same schema, labelled) feeds the online kNN monitor; it is not split across workers.
+    ``name`` is the Ray Train run name under ``run_dir`` (a sweep passes its trial id, so a re-run of the
+    trial resumes); ``callbacks`` go to the Train RunConfig (a sweep passes Tune's TuneReportCallback).
 
     Checkpoints go to ``run_dir/pretrain``; running again on the same run
     directory resumes from the latest one. The final state is copied to
@@ -210,18 +278,20 @@ def pretrain(cfg: RunConfig, dataset: "ray.data.Dataset", run_dir: str | Path) -
         train_loop_config={
             "config": config_to_dict(cfg),
             # ScalingConfig(num_workers=0) runs in this process and persists no checkpoints itself
-            "local_checkpoint_dir": str(run_dir / "pretrain" / "local_checkpoints") if tc.num_workers == 0 else None,
+            "local_checkpoint_dir": str(run_dir / name / "local_checkpoints") if tc.num_workers == 0 else None,
         },
         scaling_config=ScalingConfig(
             num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker={"CPU": tc.cpus_per_worker}
         ),
         run_config=TrainRunConfig(
-            name="pretrain",
+            name=name,
             storage_path=str(run_dir),
+            callbacks=callbacks or [],
             failure_config=FailureConfig(max_failures=tc.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
-        datasets={"train": dataset},
+        datasets={"train": dataset, **({"val": val_dataset} if val_dataset is not None else {})},
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
     result = trainer.fit()
     if result.checkpoint is None:

@@ -35,21 +35,29 @@ def _png_uri(fig: plt.Figure) -> str:
 
 
 def loss_plot(history: list[dict[str, Any]]) -> str:
-    fig, ax = plt.subplots(figsize=(5, 3))
+    """Training loss per epoch, with the online kNN monitor on a second axis when present."""
+    fig, ax = plt.subplots(figsize=(6, 3))
     epochs = [h["epoch"] for h in history]
-    ax.plot(epochs, [h["loss"] for h in history], marker="o", ms=3)
+    ax.plot(epochs, [h["loss"] for h in history], marker="o", ms=3, color="#4c72b0", label="SSL loss")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("SSL loss (train)")
-    ax.set_title("Pretraining loss")
+    ax.set_ylabel("SSL loss (train)", color="#4c72b0")
     ax.grid(alpha=0.3)
+    knn = [(h["epoch"], h["knn_top1"]) for h in history if h.get("knn_top1") == h.get("knn_top1") and "knn_top1" in h]
+    if knn:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*knn), marker="s", ms=3, color="#c44e52")
+        ax2.set_ylabel("online kNN top-1 (held out)", color="#c44e52")
+    ax.set_title("Pretraining: loss and online kNN")
     return _png_uri(fig)
 
 
 def knn_plot(knn: dict[str, float], protocol: str) -> str:
     fig, ax = plt.subplots(figsize=(5, 3))
-    names = list(knn)
+    order = ["raw_pixels", "random_init", "pretrained"]
+    names = [n for n in order if n in knn] + [n for n in knn if n not in order]
     values = [knn[n] for n in names]
-    bars = ax.bar(names, values, color=["#999999", "#d08c60", "#4c72b0"][: len(names)])
+    colours = {"raw_pixels": "#999999", "random_init": "#d08c60", "pretrained": "#4c72b0"}
+    bars = ax.bar(names, values, color=[colours.get(n, "#55a868") for n in names])
     for bar, v in zip(bars, values):
         ax.text(bar.get_x() + bar.get_width() / 2, v, f"{v:.3f}", ha="center", va="bottom")
     ax.set_ylim(min(values) - 0.1, 1.0)
@@ -79,7 +87,8 @@ def removed_grid(manifest_path: Path, per_reason: int = 8) -> str | None:
 
     def pixels(key: str) -> np.ndarray | None:
         try:
-            return np.asarray(Image.open(io.BytesIO(found[key])).convert("L"))
+            im = Image.open(io.BytesIO(found[key]))
+            return np.asarray(im.convert("L" if im.mode in ("L", "1", "I", "I;16") else "RGB"))
         except Exception:  # noqa: BLE001 - corrupt images are exactly what this grid shows
             return None
 
@@ -96,11 +105,12 @@ def removed_grid(manifest_path: Path, per_reason: int = 8) -> str | None:
             if img is not None and row["duplicate_of"] in found:
                 orig = pixels(row["duplicate_of"])
                 if orig is not None and orig.shape == img.shape:
-                    img = np.concatenate([img, np.full((img.shape[0], 2), 255, np.uint8), orig], axis=1)
+                    gap = np.full((img.shape[0], 2) + img.shape[2:], 255, np.uint8)
+                    img = np.concatenate([img, gap, orig], axis=1)
             if img is None:
                 ax.text(0.5, 0.5, "undecodable", ha="center", va="center", fontsize=6)
             else:
-                ax.imshow(img, cmap="gray")
+                ax.imshow(img, cmap="gray", vmin=0, vmax=255)  # fixed range: a blank image must not look black
             if c == 0:
                 ax.set_title(reason, fontsize=7, loc="left")
     fig.suptitle("Removed samples (duplicates shown next to the kept image they duplicate)", fontsize=8)

@@ -73,6 +73,7 @@ class ViewParams:
     grayscale: torch.Tensor  # bool
     blur: torch.Tensor  # bool
     sigma: torch.Tensor  # blur sigma in output pixels
+    fallback: torch.Tensor  # bool: no try was valid, the central clamped-ratio crop was used
 
     def __len__(self) -> int:
         return int(self.crop_w.shape[0])
@@ -145,7 +146,7 @@ def sample_view_params(n: int, recipe: ViewRecipe, aspect: float = 1.0, generato
     grayscale = torch.rand(n, generator=gen) < recipe.grayscale_prob
     blur = torch.rand(n, generator=gen) < recipe.blur_prob
     sigma = _uniform(n, recipe.blur_sigma[0], recipe.blur_sigma[1], gen).clamp(min=0.1)
-    return ViewParams(cw, ch, cx, cy, flip, jitter, brightness, contrast, saturation, hue, grayscale, blur, sigma)
+    return ViewParams(cw, ch, cx, cy, flip, jitter, brightness, contrast, saturation, hue, grayscale, blur, sigma, fallback)
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:

@@ -28,14 +28,22 @@ def digits_dataset(ray_session, mnist_digits):
     return ray_session.data.from_items(rows)
 
 
-def test_in_process_training_checkpoints_and_resumes(digits_dataset, tmp_path: Path) -> None:
-    first = pretrain(small_config(tmp_path, epochs=2), digits_dataset, tmp_path)
+@pytest.fixture(scope="module")
+def heldout_dataset(ray_session, mnist_digits):
+    images, labels = mnist_digits
+    return ray_session.data.from_items([{"image": images[i][:, :, None], "label": int(labels[i])} for i in range(4000, 4200)])
+
+
+def test_in_process_training_checkpoints_and_resumes(digits_dataset, heldout_dataset, tmp_path: Path) -> None:
+    first = pretrain(small_config(tmp_path, epochs=2), digits_dataset, tmp_path, val_dataset=heldout_dataset)
     assert [h["epoch"] for h in first.history] == [1, 2]
+    # the online kNN monitor ran on the held-out digits: a real accuracy, far above chance (0.1)
+    assert all(0.3 < h["knn_top1"] <= 1.0 for h in first.history)
     assert all(np.isfinite(h["loss"]) for h in first.history)
     assert first.history[-1]["step"] == 2 * (256 // 64)
 
     # same run directory, more epochs: continues from epoch 2 instead of starting over
-    second = pretrain(small_config(tmp_path, epochs=3), digits_dataset, tmp_path)
+    second = pretrain(small_config(tmp_path, epochs=3), digits_dataset, tmp_path, val_dataset=heldout_dataset)
     assert [h["epoch"] for h in second.history] == [1, 2, 3]
     assert second.history[:2] == first.history
     assert second.history[-1]["step"] == 3 * (256 // 64)

@@ -32,15 +32,28 @@ N = 4000
 P_MIN = 1e-3  # a false alarm in one of ~20 comparisons stays rare; real mismatches give p ~ 1e-20
 
 
+def _fallback_box(recipe: ViewRecipe, height: int, width: int) -> tuple[int, int]:
+    """torchvision's central fallback crop (width, height) in whole pixels."""
+    in_ratio = width / height
+    if in_ratio < recipe.crop_ratio[0]:
+        return width, int(round(width / recipe.crop_ratio[0]))
+    if in_ratio > recipe.crop_ratio[1]:
+        return int(round(height * recipe.crop_ratio[1])), height
+    return width, height
+
+
 def _ours_crop_pixels(recipe: ViewRecipe, height: int, width: int, seed: int) -> dict[str, np.ndarray]:
     p = sample_view_params(N, recipe, aspect=width / height, generator=torch.Generator().manual_seed(seed))
     # whole pixels, as torchvision rounds them: point masses (the fallback crop) then line up
     w, h = (p.crop_w.double() * width).round().numpy(), (p.crop_h.double() * height).round().numpy()
-    movable = w <= width - 50  # a free range of >= 50 px: torchvision's integer offsets are then near-continuous
+    # a free range of >= 50 px (torchvision's integer offsets are then near-continuous), and not
+    # the central fallback crop, whose offset torchvision floors to a whole pixel
+    movable = (w <= width - 50) & ~p.fallback.numpy()
     # position as a fraction of the free range: uniform over [0, 1] for both samplers
     pos = ((p.center_x / (1 - p.crop_w).clamp(min=1e-9) + 1) / 2).numpy()
     return {"area": w * h / (width * height), "log_ratio": np.log(w / h), "pos": pos[movable],
-            "raw_area": (p.crop_w * p.crop_h).numpy(), "raw_ratio": (p.crop_w / p.crop_h).numpy() * width / height}
+            "raw_area": (p.crop_w * p.crop_h).numpy(),
+            "fallback_area": float(np.prod(_fallback_box(recipe, height, width))) / (width * height), "raw_ratio": (p.crop_w / p.crop_h).numpy() * width / height}
 
 
 def _torchvision_crop_pixels(recipe: ViewRecipe, height: int, width: int, seed: int) -> dict[str, np.ndarray]:
@@ -48,7 +61,8 @@ def _torchvision_crop_pixels(recipe: ViewRecipe, height: int, width: int, seed: 
     img = torch.zeros(1, height, width, dtype=torch.uint8)
     boxes = np.array([T.RandomResizedCrop.get_params(img, list(recipe.crop_scale), list(recipe.crop_ratio)) for _ in range(N)])
     i, j, h, w = boxes.T.astype(float)
-    movable = w <= width - 50
+    fallback = (w == _fallback_box(recipe, height, width)[0]) & (h == _fallback_box(recipe, height, width)[1])
+    movable = (w <= width - 50) & ~fallback
     return {"area": w * h / (width * height), "log_ratio": np.log(w / h), "pos": (j / np.maximum(width - w, 1))[movable]}
 
 
@@ -68,7 +82,7 @@ def test_crop_scale_ratio_and_position_match_torchvision(height: int, width: int
     # the ranges themselves, before pixel rounding: area within scale unless it is the fallback
     # crop, pixel ratio always within the ratio range (the fallback clamps it there too)
     assert ours["raw_area"].max() <= 1 + 1e-6
-    assert np.all((ours["raw_area"] >= scale[0] - 1e-6) | (np.abs(ours["raw_area"] - ours["raw_area"].min()) < 1e-6))
+    assert ours["raw_area"].min() >= min(scale[0], ours["fallback_area"]) - 1e-6
     assert ours["raw_ratio"].min() >= 3 / 4 - 1e-5 and ours["raw_ratio"].max() <= 4 / 3 + 1e-5
 
 
