@@ -116,7 +116,8 @@ def fit_kmeans(
     seed: int = 0,
     max_points_per_centroid: int | None = 256,
     init: Literal["kmeans++", "random"] = "kmeans++",
-) -> tuple[np.ndarray, np.ndarray]:
+    return_scores: bool = False,
+) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lloyd k-means (faiss) with explicit subsampling and init.
 
     Args:
@@ -132,10 +133,13 @@ def fit_kmeans(
             happens); ``None`` trains on everything.
         init: ``"kmeans++"`` (our D^2 seeding on <= 32k points sample) or
             ``"random"`` (k distinct training points, faiss' default).
+        return_scores: also return each point's squared distance (or inner
+            product if ``spherical``) to its centroid, saving a second pass.
 
     Returns:
         ``(centroids float32 [k, D], assignments int64 [N])`` -- assignments of
-        *all* N points, not only the training sample.
+        *all* N points, not only the training sample (plus ``scores`` float32
+        ``[N]`` with ``return_scores``).
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     n, d = x.shape
@@ -184,5 +188,7 @@ def fit_kmeans(
         centroids = faiss.vector_float_to_array(clus.centroids).reshape(k, d).copy()
     else:
         centroids = init_c
-    labels, _ = assign(x, centroids, spherical=spherical)
+    labels, scores = assign(x, centroids, spherical=spherical)
+    if return_scores:
+        return centroids.astype(np.float32, copy=False), labels, scores
     return centroids.astype(np.float32, copy=False), labels

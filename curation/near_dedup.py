@@ -129,7 +129,8 @@ def _neighbour_pairs(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All (a, b, d) with a != b and min_s d(queries[a, s], base[b]) <= t,
     symmetrised, with ``d`` the smaller of both directions."""
-    gen = _flat_pairs if _use_flat(base.shape[0], max_hamming) else _bucket_pairs
+    # flat cost grows with N * S queries against N codes, so decide on N * S
+    gen = _flat_pairs if _use_flat(base.shape[0] * queries.shape[1], max_hamming) else _bucket_pairs
     src, dst, dist = [], [], []
     for a, i, d in gen(base, queries, max_hamming):
         keep = a != i

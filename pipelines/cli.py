@@ -51,12 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
         _add_run_options(p)
         p.set_defaults(until=until)
 
-    p = verbs.add_parser("shard", help="convert an image folder into sorted webdataset tar shards",
-                         description="Image folders root/<class>/<file> become shards SHARD-NNNNNN.tar with KEY.<ext>, "
-                         "KEY.cls (label) and KEY.json members, sorted by key. Existing shards are kept (resumable).")
-    p.add_argument("src", help="image folder (class sub-folders become labels)")
-    p.add_argument("dest", help="output directory for the shards")
+    p = verbs.add_parser("shard", help="convert an image folder (or re-shard tars/parquet) into sorted shards + index",
+                         description="Image folders root/<class>/<file>, webdataset tars or parquet files (paths, globs, "
+                         "brace lists, s3://... uris) become shards shard-NNNNNN.tar (KEY.<ext>, KEY.cls, KEY.json) or "
+                         ".parquet, sorted by key, plus index.parquet (key, shard, offset, size, label), rejects.parquet "
+                         "and summary.json. Bad inputs are recorded, never fatal. Re-running resumes a killed job.")
+    p.add_argument("src", help="image folder (class sub-folders become labels), or shards: path, glob, {a,b} list, uri")
+    p.add_argument("dest", help="output directory or uri for the shards")
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+    p.add_argument("--format", choices=("webdataset", "parquet"), default="webdataset",
+                   help="output shard format (default webdataset tars)")
     p.add_argument("--limit", type=int, default=0, help="only this many images, a reproducible random subset (0 = all)")
 
     p = verbs.add_parser("report", help="rebuild the HTML report of a run directory",
@@ -85,11 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.verb == "shard":
-            from pipelines.sources import shard_folder
+            from pipelines.sources import shard_source
 
             if args.shard_size < 1:
                 raise InputError("--shard-size must be >= 1")
-            shard_folder(args.src, args.dest, args.shard_size, args.limit)
+            shard_source(args.src, args.dest, args.shard_size, args.format, args.limit)
             return 0
         if args.verb == "report":
             from pipelines.report import build_report

@@ -127,6 +127,16 @@ def _online_knn(backbone: torch.nn.Module, bank: tuple[torch.Tensor, torch.Tenso
     return acc
 
 
+def _count_nodes() -> int:
+    """How many distinct Ray nodes the workers of this run are on (logged, and reported as a metric)."""
+    node = ray.get_runtime_context().get_node_id()
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    ids: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(ids, node)
+    return len(set(ids))
+
+
 def _should_stop(stop: bool) -> bool:
     """Rank 0 decides (time budget); every rank must agree or DDP would hang."""
     if not (dist.is_available() and dist.is_initialized()):
@@ -153,7 +163,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     else:
         opt = torch.optim.SGD(params, lr=tc.lr, momentum=0.9, weight_decay=tc.weight_decay)
 
-    start_epoch, step, history = 0, 0, []
+    start_epoch, step, history, resumes = 0, 0, [], 0
     local_dir = Path(loop_config["local_checkpoint_dir"]) if loop_config.get("local_checkpoint_dir") else None
     ckpt = ray.train.get_checkpoint() or (_latest_local_checkpoint(local_dir) if local_dir else None)
     if ckpt is not None:
@@ -162,10 +172,14 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         method.load_state_dict(state["method"])
         opt.load_state_dict(state["optimizer"])
         start_epoch, step, history = state["epoch"], state["step"], list(state["history"])
+        resumes = int(state.get("resumes", 0)) + 1
         if rank == 0:
             print(f"[pretrain] resumed from checkpoint at epoch {start_epoch}, step {step}", flush=True)
 
     model = ray.train.torch.prepare_model(method) if world > 1 else method
+    nodes = _count_nodes()
+    if rank == 0:
+        print(f"[pretrain] {world} worker(s) on {nodes} node(s)", flush=True)
     images, labels = _load_local_shard(local_batch)
     monitor = None
     if rank == 0 and tc.knn_monitor_every > 0:
@@ -210,6 +224,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             "lr": lr,
             "images_per_s": steps_per_epoch * tc.batch_size / seconds,
             "epoch_seconds": seconds,
+            "resumes": resumes,  # how often this run restarted from a checkpoint (worker loss, re-run)
+            "nodes": nodes,
         }
         if tc.knn_monitor_every and (epoch + 1) % tc.knn_monitor_every == 0:
             # every rank reports the same keys; only rank 0 holds the monitor data
@@ -235,6 +251,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 "epoch": epoch + 1,
                 "step": step,
                 "history": history,
+                "resumes": resumes,
             }
             if local_dir is not None:  # in-process mode: Ray keeps checkpoints only in memory
                 ray.train.report(metrics, checkpoint=_save_local_checkpoint(state, local_dir, epoch + 1))

@@ -2,8 +2,8 @@
 
 Locally we give Ray 2x the physical cores as logical CPUs: train workers hold
 their CPUs for the whole run, and on a 2-core machine Ray Data's read tasks
-would otherwise never get one and the job would hang. The dashboard, when
-started, listens on 127.0.0.1 only.
+would otherwise never get one and the job would hang. The dashboard listens
+on 127.0.0.1 only unless ``ray.dashboard_host`` says otherwise.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ def ensure_ray(cfg: RayConfig) -> None:
         return
     ray.init(
         num_cpus=cfg.num_cpus or 2 * (os.cpu_count() or 1),
-        include_dashboard=False,
+        # the dashboard process also serves the State API, which Ray Train's placement-group
+        # cleaner needs (without it Train + Tune runs leak placement groups); 127.0.0.1 only
+        include_dashboard=True,
         dashboard_host=cfg.dashboard_host,
         logging_level=logging.WARNING,
     )

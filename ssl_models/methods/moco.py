@@ -5,10 +5,13 @@ negatives are a FIFO queue of past keys. MoCo v2 = MoCo + MLP head + stronger
 augmentation + cosine LR; we use the symmetric loss (both views act as query),
 a common variant that uses each batch twice.
 
-Not implemented: shuffle-BN. Its purpose is to stop the key encoder's BN from
-leaking which samples share a batch under DDP; within one worker a shuffle
-would not change BN statistics at all, so it matters only for multi-GPU runs,
-where SyncBN (or a larger queue) is the usual substitute.
+Shuffle-BN, in its single-process form: the key encoder's BN statistics must
+not come from the same set of samples as the query's, or the positive can be
+told from the queue by its batch-statistics "signature" (MoCo's BN cheating;
+on 28 px digits it drives kNN *below* random init). MoCo shuffles samples
+across GPUs; here the keys are computed in ``key_bn_splits`` chunks of a random
+permutation of the local batch (each chunk its own BN statistics), which works
+with one worker and under DDP alike.
 
 The queue is updated in ``on_step_end`` (the design's hook for queues), from
 the keys of the forward passes since the last call, gathered from all workers
@@ -55,9 +58,11 @@ class MoCoV2(SSLMethod):
         mochi_num_mix: int = 1024,
         mochi_num_query_mix: int = 128,
         mochi_start_step: int = 0,
+        key_bn_splits: int = 2,
         seed: int = 0,
     ) -> None:
         super().__init__()
+        self.key_bn_splits = key_bn_splits
         self.backbone = backbone
         self.feature_dim = feature_dim
         self.temperature = temperature
@@ -77,7 +82,12 @@ class MoCoV2(SSLMethod):
 
     @torch.no_grad()
     def _keys(self, x: Tensor) -> Tensor:
-        return F.normalize(self.key_projector(self.key_backbone(x)), dim=1)
+        """Keys from shuffled sub-batches (shuffle-BN, see the module docstring), in the input order."""
+        perm = torch.randperm(x.shape[0], generator=self._gen).to(x.device)
+        chunks = [self.key_projector(self.key_backbone(c)) for c in x[perm].chunk(max(1, self.key_bn_splits))]
+        keys = torch.empty_like(torch.cat(chunks))
+        keys[perm] = torch.cat(chunks)
+        return F.normalize(keys, dim=1)
 
     def _loss(self, q: Tensor, k: Tensor) -> Tensor:
         extra = None
@@ -145,11 +155,12 @@ class MoCHi(MoCoV2):
         mochi_num_mix: int = 1024,
         mochi_num_query_mix: int = 128,
         mochi_start_step: int = 0,
+        key_bn_splits: int = 2,
         seed: int = 0,
     ) -> None:
         super().__init__(
             backbone, feature_dim, temperature=temperature, proj_hidden_dim=proj_hidden_dim, proj_dim=proj_dim,
             queue_size=queue_size, momentum=momentum, symmetric=symmetric, mochi=True, mochi_n_hard=mochi_n_hard,
             mochi_num_mix=mochi_num_mix, mochi_num_query_mix=mochi_num_query_mix,
-            mochi_start_step=mochi_start_step, seed=seed,
+            mochi_start_step=mochi_start_step, key_bn_splits=key_bn_splits, seed=seed,
         )

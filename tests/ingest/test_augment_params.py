@@ -11,7 +11,6 @@ KS statistic far past its critical value at these sample sizes.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest

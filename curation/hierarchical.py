@@ -1,0 +1,148 @@
+"""Hierarchical k-means with resampling (Vo et al. 2024, "Automatic Data
+Curation for Self-Supervised Learning: A Clustering-Based Approach").
+
+Why: plain k-means on web-scale, long-tailed embeddings spends most
+centroids on the dense head (it minimises squared error, which is dominated by
+where the mass is), so sampling "equally per cluster" still over-samples the
+head.  The paper's fix has two parts:
+
+* **resampling**: after fitting, take the ``r`` points closest to each
+  centroid (a per-cluster, hence roughly *uniform-over-clusters* sample), re-run
+  k-means on that sample and reassign every point.  Each repetition moves the
+  centroids toward a more uniform cover of the data's support.
+* **hierarchy**: level 1 clusters the points, level t clusters the ``k_{t-1}``
+  centroids of level t-1; clusters of clusters give balanced sampling
+  (:mod:`curation.balanced`) a coarse-to-fine structure to balance across.
+
+Re-running k-means on the resample starts from the current centroids (so the
+cluster identities evolve smoothly and the run is cheap) rather than from a
+fresh seeding; the centroid set is replaced by the sample's k-means result.
+Every point's assignment at level t is the level-t cluster of its level-(t-1)
+cluster, so the hierarchy is a tree by construction.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import faiss
+import numpy as np
+
+from curation.kmeans import assign, fit_kmeans, l2_normalize
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Hierarchy", "hierarchical_kmeans", "closest_per_cluster"]
+
+
+@dataclass
+class Hierarchy:
+    """Result of :func:`hierarchical_kmeans` (level 0 of the lists = finest).
+
+    ``assignments[t][i]``: cluster id at level t+1 of point i (``[N]`` int64).
+    ``centroids[t]``: ``[k_t, D]`` float32 centroids of level t+1.
+    ``parents[t]``: ``[k_t]`` int64 id at level t+2 of each level-(t+1)
+    cluster (``len(parents) == levels - 1``).
+    """
+
+    assignments: list[np.ndarray]
+    centroids: list[np.ndarray]
+    parents: list[np.ndarray] = field(default_factory=list)
+
+
+def closest_per_cluster(labels: np.ndarray, score: np.ndarray, r: int, *, larger_is_closer: bool) -> np.ndarray:
+    """Indices of the ``r`` points closest to their centroid in every cluster
+    (all points of clusters with fewer than ``r``), vectorised via lexsort."""
+    key = -score if larger_is_closer else score
+    order = np.lexsort((key, labels))
+    lab = labels[order]
+    starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
+    pos_in_cluster = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    return np.sort(order[pos_in_cluster < r])
+
+
+def _kmeans_with_resampling(
+    x: np.ndarray, k: int, *, steps: int, r: int, niter: int, seed: int,
+    spherical: bool, max_points_per_centroid: int | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    centroids, labels, score = fit_kmeans(
+        x, k, spherical=spherical, niter=niter, seed=seed,
+        max_points_per_centroid=max_points_per_centroid, init="kmeans++", return_scores=True,
+    )
+    d = x.shape[1]
+    for step in range(steps):
+        sample = closest_per_cluster(labels, score, r, larger_is_closer=spherical)
+        if sample.size <= k:
+            log.info("resampling: sample of %d <= k=%d, stopping", sample.size, k)
+            break
+        cp = faiss.ClusteringParameters()
+        cp.niter = int(niter)
+        cp.spherical = bool(spherical)
+        cp.seed = int(seed + 1 + step) & 0x7FFFFFFF
+        cp.min_points_per_centroid = 1
+        cp.max_points_per_centroid = sample.size // k + 2  # never subsample
+        clus = faiss.Clustering(d, k, cp)
+        faiss.copy_array_to_vector(np.ascontiguousarray(centroids, dtype=np.float32).ravel(), clus.centroids)
+        clus.train(np.ascontiguousarray(x[sample]), faiss.IndexFlatIP(d) if spherical else faiss.IndexFlatL2(d))
+        centroids = faiss.vector_float_to_array(clus.centroids).reshape(k, d).copy()
+        labels, score = assign(x, centroids, spherical=spherical)
+        log.info("resampling step %d: k=%d sample=%d", step + 1, k, sample.size)
+    return centroids, labels
+
+
+def hierarchical_kmeans(
+    x: np.ndarray,
+    ks: Sequence[int],
+    *,
+    resampling_steps: int | Sequence[int] = 10,
+    r: int | Sequence[int] = 10,
+    niter: int = 20,
+    seed: int = 0,
+    spherical: bool = True,
+    max_points_per_centroid: int | None = 256,
+) -> Hierarchy:
+    """Fit the hierarchy bottom-up.
+
+    Args:
+        x: ``[N, D]`` embeddings (L2-normalised first if ``spherical``).
+        ks: clusters per level, finest first, e.g. ``[1000, 100, 10]``.
+        resampling_steps: R per level (int = same for all levels).
+        r: points sampled per cluster in each resampling step (per level).
+        niter: k-means iterations for every fit.
+        seed: base seed (level t uses ``seed + 1000 * t``).
+        spherical: cosine k-means (the paper's setting for SSL embeddings).
+        max_points_per_centroid: subsampling bound of the first fit at each
+            level (see :func:`curation.kmeans.fit_kmeans`).
+
+    Returns:
+        :class:`Hierarchy` with per-level point assignments and centroids.
+    """
+    ks = [int(k) for k in ks]
+    if not ks or any(b > a for a, b in zip(ks, ks[1:])):
+        raise ValueError(f"ks must be non-empty and non-increasing, got {ks}")
+    L = len(ks)
+    steps = [int(resampling_steps)] * L if np.isscalar(resampling_steps) else list(resampling_steps)
+    rs = [int(r)] * L if np.isscalar(r) else list(r)
+    if len(steps) != L or len(rs) != L:
+        raise ValueError("resampling_steps and r must be scalars or have len(ks) entries")
+    y = l2_normalize(x) if spherical else np.ascontiguousarray(x, dtype=np.float32)
+    point_labels = None
+    out = Hierarchy([], [], [])
+    for t, k in enumerate(ks):
+        if k > y.shape[0]:
+            raise ValueError(f"level {t + 1}: k={k} > {y.shape[0]} points")
+        cents, labels = _kmeans_with_resampling(
+            y, k, steps=steps[t], r=rs[t], niter=niter, seed=seed + 1000 * t,
+            spherical=spherical, max_points_per_centroid=max_points_per_centroid,
+        )
+        if t == 0:
+            point_labels = labels
+        else:
+            out.parents.append(labels)
+            point_labels = labels[point_labels]
+        out.assignments.append(point_labels.astype(np.int64))
+        out.centroids.append(cents.astype(np.float32))
+        y = cents
+    return out

@@ -1,0 +1,82 @@
+"""SemDeDup: planted near-copies removed, distinct points kept, deterministic."""
+
+import numpy as np
+
+from curation.kmeans import fit_kmeans, l2_normalize
+from curation.semdedup import semdedup, semdedup_cluster
+
+
+def _data(seed: int = 0, n: int = 2000, d: int = 48, n_copies: int = 300):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(8, d))
+    base = centers[rng.integers(0, 8, n)] + 0.8 * rng.normal(size=(n, d))
+    src = rng.choice(n, n_copies, replace=False)
+    copies = base[src] + 0.02 * rng.normal(size=(n_copies, d))
+    return np.concatenate([base, copies]).astype(np.float32), src
+
+
+def test_removes_planted_copies_keeps_distinct() -> None:
+    x, src = _data()
+    n = 2000
+    dup = semdedup(x, k=8, eps=0.01, seed=0)
+    assert dup.dtype == np.int64 and dup.shape == (len(x),)
+    removed = dup >= 0
+    orig_removed, copy_removed = removed[src], removed[n:]
+    # exactly one member of each (original, copy) pair survives
+    assert np.all(orig_removed ^ copy_removed)
+    # no distinct point outside the planted pairs is touched
+    untouched = np.setdiff1d(np.arange(n), src)
+    assert not removed[untouched].any()
+    # every removal points at a kept point above the cosine threshold
+    xn = l2_normalize(x)
+    r = np.flatnonzero(removed)
+    assert np.all(dup[dup[r]] == -1)
+    assert np.all(np.einsum("ij,ij->i", xn[r], xn[dup[r]]) > 0.99)
+
+
+def test_deterministic_and_keep_rule() -> None:
+    x, src = _data(seed=1)
+    a = semdedup(x, k=8, eps=0.01, seed=3)
+    b = semdedup(x, k=8, eps=0.01, seed=3)
+    assert np.array_equal(a, b)
+    hard, labels = semdedup(x, k=8, eps=0.01, seed=3, keep="hard", return_assignments=True)
+    easy = semdedup(x, k=8, eps=0.01, seed=3, keep="easy")
+    assert (hard >= 0).sum() == (easy >= 0).sum() == len(src)
+    # "hard" keeps the pair member with the lower cosine to its centroid
+    cents, lab = fit_kmeans(l2_normalize(x), 8, spherical=True, niter=20, seed=3)
+    assert np.array_equal(lab, labels)
+    xn = l2_normalize(x)
+    cos = np.einsum("ij,ij->i", xn, cents[lab])
+    rem = np.flatnonzero(hard >= 0)
+    same = lab[rem] == lab[hard[rem]]
+    assert same.all()
+    assert np.all(cos[hard[rem]] <= cos[rem])
+    rem_e = np.flatnonzero(easy >= 0)
+    assert np.all(cos[easy[rem_e]] >= cos[rem_e])
+
+
+def test_order_keys_break_exact_ties() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 16)).astype(np.float32)
+    x = np.concatenate([x, x[:10]])  # exact copies: identical cosine to centroid
+    keys = np.arange(210)
+    keys[200:] = -np.arange(10, 0, -1)  # copies have the smaller keys
+    dup = semdedup(x, k=4, eps=1e-4, seed=0, order_keys=keys)
+    assert np.all(dup[:10] == np.arange(200, 210))
+    assert np.all(dup[200:] == -1)
+
+
+def test_greedy_chain_and_blocking() -> None:
+    # three unit vectors in a chain: cos(a,b) and cos(b,c) above, cos(a,c) below
+    th = np.deg2rad([0.0, 5.0, 10.0])
+    x = np.stack([np.cos(th), np.sin(th)], axis=1).astype(np.float32)
+    thr = np.cos(np.deg2rad(7.0))
+    assert semdedup_cluster(x, thr).tolist() == [-1, 0, -1]
+    # block size only bounds memory; it must not change the result
+    rng = np.random.default_rng(2)
+    y = l2_normalize(rng.normal(size=(50, 8)) )
+    y = l2_normalize(np.concatenate([y, y + 0.05 * rng.normal(size=y.shape), y + 0.05 * rng.normal(size=y.shape)]))
+    ref = semdedup_cluster(y, 0.98, block=10_000)
+    assert (ref >= 0).sum() > 40
+    for blk in (1, 7, 64):
+        assert np.array_equal(semdedup_cluster(y, 0.98, block=blk), ref)

@@ -1,0 +1,114 @@
+"""Real distributed training: DDP over gloo with 2 workers, a killed worker, and a 2-node cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+SMALL = [
+    "train.batch_size=64", "train.warmup_epochs=0", "backbone.width=8", "method.proj_hidden_dim=32",
+    "method.proj_dim=16", "train.knn_monitor_every=0",
+]
+
+
+def _digits_dataset(ray_mod, n: int):
+    from pipelines.sources import load_mnist_digits
+
+    images, labels = load_mnist_digits()
+    return ray_mod.data.from_items([{"image": images[i][:, :, None], "label": int(labels[i])} for i in range(n)])
+
+
+def _kill_a_worker_after_first_checkpoint(run_dir: Path, killed: list[int], deadline_s: float = 240) -> None:
+    """Wait until Ray Train has persisted checkpoints, then SIGKILL one training worker process."""
+    import ray
+    from ray.util.state import list_actors
+
+    address = ray.get_runtime_context().gcs_address  # other Ray instances may run on this machine
+    end = time.time() + deadline_s
+    # the controller writes its snapshot once it has *registered* a checkpoint (a directory on disk is not enough)
+    snapshot = run_dir / "pretrain" / "checkpoint_manager_snapshot.json"
+    while time.time() < end:
+        try:
+            if json.loads(snapshot.read_text()).get("latest_checkpoint_result"):
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    while time.time() < end:
+        alive = list_actors(address=address, filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+        if alive:
+            os.kill(alive[-1].pid, signal.SIGKILL)
+            killed.append(alive[-1].pid)
+            return
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_killed_worker_is_replaced_and_training_finishes_all_steps(ray_session, tmp_path: Path) -> None:
+    from pipelines.config import load_config
+    from pipelines.pretrain import pretrain
+
+    epochs, n = 8, 512
+    cfg = load_config(None, [f"run_dir={tmp_path}", "train.num_workers=2", f"train.epochs={epochs}",
+                             "train.max_failures=2", *SMALL])
+    killed: list[int] = []
+    killer = threading.Thread(target=_kill_a_worker_after_first_checkpoint, args=(tmp_path, killed), daemon=True)
+    killer.start()
+    result = pretrain(cfg, _digits_dataset(ray_session, n), tmp_path)
+    killer.join(timeout=5)
+
+    assert killed, "the test never killed a worker"
+    steps_per_epoch = (n // 2) // (64 // 2)
+    assert [h["epoch"] for h in result.history] == list(range(1, epochs + 1))
+    assert result.history[-1]["step"] == epochs * steps_per_epoch  # the planned number of optimizer steps
+    assert result.history[-1]["resumes"] >= 1  # it really restarted from a checkpoint
+
+
+MULTINODE_SCRIPT = r"""
+import json, sys
+import ray
+from ray.cluster_utils import Cluster
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "object_store_memory": 200 * 1024**2})
+cluster.add_node(num_cpus=3, object_store_memory=200 * 1024**2)
+ray.init(address=cluster.address, logging_level="WARNING")
+cluster.wait_for_nodes()
+
+from pipelines.config import load_config
+from pipelines.pretrain import pretrain
+from pipelines.sources import load_mnist_digits
+
+images, labels = load_mnist_digits()
+ds = ray.data.from_items([{"image": images[i][:, :, None], "label": int(labels[i])} for i in range(256)])
+# 2 CPUs per worker on 3-CPU nodes: one worker per node, one CPU left on each for Ray Data
+cfg = load_config(None, [f"run_dir={sys.argv[1]}", "train.num_workers=2", "train.cpus_per_worker=2",
+                         "train.threads_per_worker=1", "train.epochs=2", *json.loads(sys.argv[2])])
+result = pretrain(cfg, ds, sys.argv[1])
+print(json.dumps({"nodes": result.history[-1]["nodes"], "cluster_nodes": len(ray.nodes()), "history": result.history}))
+ray.shutdown()
+cluster.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_ddp_trainer_on_a_two_node_cluster(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", MULTINODE_SCRIPT, str(tmp_path), json.dumps(SMALL)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO), "RAY_TRAIN_V2_ENABLED": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["cluster_nodes"] == 2
+    assert out["nodes"] == 2  # one training worker on each node
+    assert [h["epoch"] for h in out["history"]] == [1, 2]
+    assert out["history"][-1]["step"] == 2 * ((256 // 2) // 32)
