@@ -160,12 +160,17 @@ class TrainConfig:
     time_budget_s: float = 0.0
     #: global batch size, split across workers
     batch_size: int = 256
-    optimizer: Literal["adamw", "sgd"] = "adamw"
+    optimizer: Literal["adamw", "sgd", "lars"] = "adamw"
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup_epochs: int = 1
     schedule: Literal["warmup_cosine", "constant_cooldown"] = "warmup_cosine"
     precision: Literal["fp32", "bf16"] = "fp32"
+    #: split each worker's batch into this many micro-batches and sum their gradients (less memory);
+    #: contrastive negatives then come from each micro-batch only
+    grad_accum_steps: int = 1
+    #: synchronise BatchNorm statistics across workers (SimCLR/BYOL do this at large scale)
+    sync_batchnorm: bool = False
     checkpoint_every_epochs: int = 1
     #: worker failures to survive (FailureConfig.max_failures)
     max_failures: int = 1
@@ -186,6 +191,11 @@ class TrainConfig:
         _check(self.batch_size >= 2, f"{path}.batch_size", "an integer >= 2")
         workers = max(1, self.num_workers)
         _check(
+            (self.batch_size // workers) % max(1, self.grad_accum_steps) == 0,
+            f"{path}.grad_accum_steps",
+            f"a divisor of the per-worker batch ({self.batch_size // workers})",
+        )
+        _check(
             self.batch_size % workers == 0,
             f"{path}.batch_size",
             f"a multiple of train.num_workers ({workers}), got {self.batch_size}",
@@ -196,6 +206,7 @@ class TrainConfig:
         _check(self.checkpoint_every_epochs >= 1, f"{path}.checkpoint_every_epochs", "an integer >= 1")
         _check(self.max_failures >= 0, f"{path}.max_failures", "an integer >= 0")
         _check(self.threads_per_worker >= 0, f"{path}.threads_per_worker", "an integer >= 0")
+        _check(self.grad_accum_steps >= 1, f"{path}.grad_accum_steps", "an integer >= 1")
         _check(self.knn_monitor_every >= 0, f"{path}.knn_monitor_every", "an integer >= 0 (0 = off)")
         _check(self.knn_monitor_bank >= 1, f"{path}.knn_monitor_bank", "an integer >= 1")
         _check(self.knn_monitor_queries >= 1, f"{path}.knn_monitor_queries", "an integer >= 1")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import nullcontext
 import shutil
 import tempfile
 import time
@@ -31,6 +32,7 @@ from ray.train.torch import TorchTrainer
 from pipelines.config import RunConfig, config_from_dict, config_to_dict
 from pipelines.models import build_method_from_config, view_recipe
 from ssl_models.augment import augment_batch
+from ssl_models.optim import LARS, lars_param_groups
 from ssl_models.schedules import SCHEDULES
 
 CHECKPOINT_FILE = "state.pt"
@@ -127,6 +129,15 @@ def _online_knn(backbone: torch.nn.Module, bank: tuple[torch.Tensor, torch.Tenso
     return acc
 
 
+def _build_optimizer(method: torch.nn.Module, tc: Any) -> torch.optim.Optimizer:
+    params = [p for p in method.parameters() if p.requires_grad]
+    if tc.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    if tc.optimizer == "lars":
+        return LARS(lars_param_groups(method), lr=tc.lr, weight_decay=tc.weight_decay)
+    return torch.optim.SGD(params, lr=tc.lr, momentum=0.9, weight_decay=tc.weight_decay)
+
+
 def _count_nodes() -> int:
     """How many distinct Ray nodes the workers of this run are on (logged, and reported as a metric)."""
     node = ray.get_runtime_context().get_node_id()
@@ -157,11 +168,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     method = build_method_from_config(cfg)
     recipe = view_recipe(cfg)
     local_batch = tc.batch_size // world
-    params = [p for p in method.parameters() if p.requires_grad]
-    if tc.optimizer == "adamw":
-        opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
-    else:
-        opt = torch.optim.SGD(params, lr=tc.lr, momentum=0.9, weight_decay=tc.weight_decay)
+    if tc.sync_batchnorm and world > 1:
+        method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    opt = _build_optimizer(method, tc)
 
     start_epoch, step, history, resumes = 0, 0, [], 0
     local_dir = Path(loop_config["local_checkpoint_dir"]) if loop_config.get("local_checkpoint_dir") else None
@@ -202,20 +211,27 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         gen.manual_seed(cfg.seed * 100003 + epoch * 1009 + rank)  # resumable: the epoch fixes the RNG
         order = torch.randperm(len(images), generator=gen)
         t_epoch, losses = time.time(), []
+        micro = local_batch // tc.grad_accum_steps
         for i in range(steps_per_epoch):
             batch = images[order[i * local_batch : (i + 1) * local_batch]]
-            views = [augment_batch(batch, recipe, gen) for _ in range(_unwrap(model).num_views)]
             lr = schedule(step, total_steps, warmup_steps, tc.lr)
             for group in opt.param_groups:
                 group["lr"] = lr
-            with autocast:
-                loss, logs = model(views)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            step_loss = 0.0
+            for j in range(tc.grad_accum_steps):
+                chunk = batch[j * micro : (j + 1) * micro]
+                views = [augment_batch(chunk, recipe, gen) for _ in range(_unwrap(model).num_views)]
+                # DDP all-reduces only on the last micro-batch; earlier ones just accumulate locally
+                sync = model.no_sync() if (j + 1 < tc.grad_accum_steps and hasattr(model, "no_sync")) else nullcontext()
+                with sync, autocast:
+                    loss, logs = model(views)
+                    (loss / tc.grad_accum_steps).backward()
+                step_loss += logs["loss"] / tc.grad_accum_steps
             opt.step()
             _unwrap(model).on_step_end(step, total_steps)
             step += 1
-            losses.append(logs["loss"])
+            losses.append(step_loss)
         seconds = time.time() - t_epoch
         metrics = {
             "epoch": epoch + 1,

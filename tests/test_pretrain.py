@@ -66,3 +66,30 @@ def test_malicious_checkpoint_is_refused_without_running_code(tmp_path: Path) ->
     with pytest.raises(ValueError, match="not a loadable sslpipe checkpoint"):
         load_backbone(small_config(tmp_path, epochs=1), evil)
     assert not marker.exists()
+
+
+def test_lars_and_gradient_accumulation_train(digits_dataset, tmp_path: Path) -> None:
+    cfg = load_config(None, [
+        f"run_dir={tmp_path}", "train.num_workers=0", "train.epochs=1", "train.batch_size=64", "train.warmup_epochs=0",
+        "backbone.width=8", "method.proj_hidden_dim=32", "method.proj_dim=16", "train.optimizer=lars", "train.lr=0.3",
+        "train.grad_accum_steps=2", "train.knn_monitor_every=0",
+    ])
+    result = pretrain(cfg, digits_dataset, tmp_path)
+    assert result.history[-1]["step"] == 256 // 64
+    assert np.isfinite(result.history[-1]["loss"])
+
+
+def test_lars_step_follows_the_trust_ratio() -> None:
+    from ssl_models.optim import LARS, lars_param_groups
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4, 3)
+    w0, b0 = layer.weight.detach().clone(), layer.bias.detach().clone()
+    layer(torch.randn(5, 4)).pow(2).sum().backward()
+    g_w, g_b = layer.weight.grad.clone(), layer.bias.grad.clone()
+    opt = LARS(lars_param_groups(layer), lr=0.5, weight_decay=0.01, trust_coefficient=0.001)
+    opt.step()
+    g = g_w + 0.01 * w0
+    trust = 0.001 * w0.norm() / (g.norm() + 1e-8)
+    assert torch.allclose(layer.weight, w0 - 0.5 * trust * g, atol=1e-6)
+    assert torch.allclose(layer.bias, b0 - 0.5 * g_b, atol=1e-6)  # biases: plain SGD, no decay, no trust ratio
