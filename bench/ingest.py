@@ -9,8 +9,9 @@ Two measurements, each in a fresh subprocess so memory is per measurement:
 
 * ``stream``: ``read_decoded`` (tolerant tar reader -> PIL decode to 32 px, a
   Ray Data pipeline: the training feed) drained by the driver; images/s and
-  the peak RSS summed over the whole process tree (driver, raylet, Ray
-  workers), sampled every 0.2 s. Bounded memory means peak(1M) <= 1.2 x
+  the peak memory summed over the whole process tree (driver, raylet, Ray
+  workers), sampled every 0.2 s, as PSS so the shared object-store mapping
+  counts once (a plain RSS sum counts it once per process that touched it). Bounded memory means peak(1M) <= 1.2 x
   peak(10k).
 * ``views``: decode + two SimCLR views at 32 px. Ours: ``read_decoded`` then
   ``augment_batch`` twice per batch of 256 (per-sample parameters, batched
@@ -47,8 +48,21 @@ sys.path.insert(0, str(REPO))
 SHARD_SIZE = 1000
 
 
+def _pss_bytes(pid: int, fallback: int) -> int:
+    """Proportional set size: shared pages (Ray's object store is one shared mapping that the
+    raylet, every worker and the driver touch) counted once in total, not once per process."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return fallback
+
+
 def _tree_rss_bytes(root: int) -> int:
-    """Current RSS of ``root`` and all its descendants, from /proc (no psutil needed)."""
+    """Current memory (PSS, else RSS) of ``root`` and all its descendants, from /proc (no psutil needed)."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     for entry in os.listdir("/proc"):
@@ -66,7 +80,8 @@ def _tree_rss_bytes(root: int) -> int:
     total, stack = 0, [root]
     while stack:
         pid = stack.pop()
-        total += rss.get(pid, 0)
+        if pid in rss:
+            total += _pss_bytes(pid, rss[pid])
         stack.extend(children.get(pid, []))
     return total
 

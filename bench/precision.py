@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 
 import torch
@@ -69,11 +70,12 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = [
-        time_step(dtype, cl, args.batch, args.size, args.iters, args.warmup)
-        for dtype in ("fp32", "bf16")
-        for cl in (False, True)
-    ]
+    rows = []
+    for dtype in ("fp32", "bf16"):
+        for cl in (False, True):
+            rows.append(time_step(dtype, cl, args.batch, args.size, args.iters, args.warmup))
+            # progress on stderr: on a loaded CPU a full run takes minutes, keep partial figures
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     base = rows[0]["median_s"]
     for r in rows:
         r["speedup_vs_fp32_contiguous"] = base / r["median_s"]

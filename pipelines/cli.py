@@ -45,7 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
     for verb, until, text in (
         ("curate", "curate", "shard the source if needed, then validate, dedup and write curated shards + manifest"),
         ("pretrain", "pretrain", "curate (or resume it), then pretrain with Ray Train"),
-        ("eval", "evaluate", "curate and pretrain (or resume them), then evaluate with kNN against baselines"),
     ):
         p = verbs.add_parser(verb, help=text, description=text + ". Finished stages in run_dir are reused with --resume.")
         _add_run_options(p)
@@ -62,6 +61,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("webdataset", "parquet"), default="webdataset",
                    help="output shard format (default webdataset tars)")
     p.add_argument("--limit", type=int, default=0, help="only this many images, a reproducible random subset (0 = all)")
+
+    p = verbs.add_parser("eval", help="evaluate a checkpoint on frozen features (kNN, linear, few-shot, tail, robustness)",
+                         description="Embeds --data (labelled training images: the kNN bank and probe training set) "
+                         "and --eval-data (held-out labelled images) with the checkpoint's frozen backbone and writes "
+                         "OUT/eval.json and OUT/eval.html. Data: an image folder or a directory of tar shards.")
+    p.add_argument("checkpoint", help="checkpoint.pt of a run directory")
+    p.add_argument("--data", required=True, help="labelled training images (folder or shards)")
+    p.add_argument("--eval-data", required=True, help="labelled held-out images (folder or shards)")
+    p.add_argument("--out", default=None, help="output folder (default: next to the checkpoint, eval/)")
+    p.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else start a local Ray)")
+
+    p = verbs.add_parser("export", help="export a checkpoint's backbone to load without sslpipe",
+                         description="ResNets: a plain torchvision state_dict (+ arch facts); other backbones: TorchScript.")
+    p.add_argument("checkpoint")
+    p.add_argument("out")
 
     p = verbs.add_parser("report", help="rebuild the HTML report of a run directory",
                          description="Writes RUN_DIR/report.html (self-contained) and RUN_DIR/report.json.")
@@ -85,6 +99,32 @@ def _run(args: argparse.Namespace, until: str) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from pipelines.atomic import write_json_atomic, write_text_atomic
+    from pipelines.checkpoints import load_backbone_from_checkpoint
+    from pipelines.evaluate import full_evaluation, load_labelled
+    from pipelines.ray_runtime import ensure_ray
+    from pipelines.report import CSS, evaluation_sections
+    from pipelines.sources import _resolve_one as resolve_location  # TODO(lead): public name once ingest lands
+
+    cfg, backbone = load_backbone_from_checkpoint(args.checkpoint)
+    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "eval"
+    train_shards = resolve_location(args.data, out / "shards" / "train", cfg)
+    eval_shards = resolve_location(args.eval_data, out / "shards" / "eval", cfg)
+    ensure_ray(dataclasses.replace(cfg.ray, address=args.address or cfg.ray.address))
+    result = full_evaluation(cfg, backbone, load_labelled(train_shards, cfg), load_labelled(eval_shards, cfg), out)
+    write_json_atomic(result, out / "eval.json")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>sslpipe eval</title><style>{CSS}</style></head>"
+            f"<body><h1>Evaluation of {args.checkpoint}</h1>{''.join(evaluation_sections(result))}</body></html>")
+    write_text_atomic(page, out / "eval.html")
+    print(json.dumps({k: result[k] for k in ("knn_top1", "knn_protocols") if k in result}, indent=2))
+    print(f"wrote {out / 'eval.json'} and {out / 'eval.html'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -95,6 +135,13 @@ def main(argv: list[str] | None = None) -> int:
                 raise InputError("--shard-size must be >= 1")
             shard_source(args.src, args.dest, args.shard_size, args.format, args.limit)
             return 0
+        if args.verb == "export":
+            from pipelines.checkpoints import export_backbone
+
+            print(export_backbone(args.checkpoint, args.out))
+            return 0
+        if args.verb == "eval":
+            return _eval(args)
         if args.verb == "report":
             from pipelines.report import build_report
 

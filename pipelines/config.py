@@ -217,9 +217,18 @@ class EvalConfig:
     #: weighted kNN protocol (DINO's k=20, T=0.07 by default)
     knn_k: int = 20
     knn_temperature: float = 0.07
+    #: multinomial logistic regression on frozen, standardised features
+    linear_probe: bool = True
+    #: few-shot (1 % and 10 % of labels) random draws; 0 = off
+    few_shot_tries: int = 5
+    #: kNN accuracy drop under Gaussian noise, blur and JPEG at severities 1..5
+    robustness: bool = True
+    #: 2-D PCA + t-SNE plot of the held-out features
+    embedding_plot: bool = True
 
     def validate(self, path: str) -> None:
         _check(self.knn_k >= 1, f"{path}.knn_k", "an integer >= 1")
+        _check(self.few_shot_tries >= 0, f"{path}.few_shot_tries", "an integer >= 0 (0 = off)")
         _check(self.knn_temperature > 0, f"{path}.knn_temperature", "a number > 0")
 
 

@@ -9,6 +9,7 @@ under a named protocol.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import ray.data
@@ -16,7 +17,7 @@ import torch
 
 from curation.ingest import read_decoded
 from pipelines.config import RunConfig
-from pipelines.evaluation.knn import KnnProtocol, knn_accuracy
+from pipelines.evaluation.knn import DINO, LIGHTLY_CIFAR10, KnnProtocol, knn_accuracy
 from pipelines.models import build_method_from_config, view_recipe
 from ssl_models.augment import normalize_batch
 
@@ -88,3 +89,50 @@ def knn_report(
         "gain_over_random_init": results["pretrained"] - results["random_init"],
         "gain_over_raw_pixels": results["pretrained"] - results["raw_pixels"],
     }
+
+
+def full_evaluation(
+    cfg: RunConfig, backbone: torch.nn.Module, bank: LabelledArrays, test: LabelledArrays, out_dir: Path | None = None
+) -> dict[str, object]:
+    """Everything ``eval`` reports: kNN vs baselines, both named kNN protocols, linear probe,
+    few-shot, per-class and head/medium/tail accuracy, robustness, and a 2-D embedding plot."""
+    from pipelines.evaluation.embedding_plot import plot_embedding
+    from pipelines.evaluation.few_shot import few_shot
+    from pipelines.evaluation.linear_probe import linear_probe_predict
+    from pipelines.evaluation.long_tail import class_counts, head_medium_tail_accuracy
+    from pipelines.evaluation.robustness import KINDS, corrupt, robustness_drop
+
+    ev = cfg.eval
+    result = knn_report(cfg, backbone, bank, test)
+    train_x, test_x = embed(backbone, bank.images, cfg), embed(backbone, test.images, cfg)
+    result["knn_protocols"] = {
+        p.name: knn_accuracy(train_x, bank.labels, test_x, test.labels, p) for p in (LIGHTLY_CIFAR10, DINO)
+    }
+    num_classes = int(max(bank.labels.max(), test.labels.max())) + 1
+    if ev.linear_probe:
+        pred = linear_probe_predict(train_x, bank.labels, test_x, seed=cfg.seed, num_classes=num_classes)
+        result["linear_probe"] = {"protocol": "logistic regression on standardised frozen features, L-BFGS, "
+                                  "weight decay chosen on a 20 % split", "top1": float(np.mean(pred == test.labels))}
+        hmt = head_medium_tail_accuracy(pred, test.labels, class_counts(bank.labels, num_classes))
+        result["per_class"] = {"source": "linear probe", **{k: v for k, v in hmt.items()}}
+    if ev.few_shot_tries:
+        shots = few_shot(train_x, bank.labels, test_x, test.labels, fractions=(0.01, 0.1), tries=ev.few_shot_tries,
+                         seed=cfg.seed, classifier="linear")
+        result["few_shot"] = {f"{int(f * 100)}%": dict(v) for f, v in shots.items()}
+    if ev.robustness:
+        protocol = KnnProtocol(ev.knn_k, ev.knn_temperature, "robustness")
+        clean = knn_accuracy(train_x, bank.labels, test_x, test.labels, protocol)
+        by_kind: dict[str, dict[int, float]] = {}
+        for kind in KINDS:
+            by_kind[kind] = {}
+            for severity in range(1, 6):
+                noisy = corrupt(test.images, kind, severity, seed=cfg.seed)
+                by_kind[kind][severity] = knn_accuracy(train_x, bank.labels, embed(backbone, noisy, cfg), test.labels,
+                                                       protocol)
+        result["robustness"] = {"protocol": f"kNN k={ev.knn_k} T={ev.knn_temperature} on corrupted held-out images",
+                                **robustness_drop(clean, by_kind)}
+    if ev.embedding_plot and out_dir is not None:
+        path = plot_embedding(test_x, test.labels, Path(out_dir) / "embedding.png", seed=cfg.seed,
+                              title="held-out features of the pretrained encoder")
+        result["embedding_plot"] = str(path)
+    return result

@@ -268,6 +268,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 "step": step,
                 "history": history,
                 "resumes": resumes,
+                "config": loop_config["config"],  # a checkpoint can be evaluated or exported on its own
             }
             if local_dir is not None:  # in-process mode: Ray keeps checkpoints only in memory
                 ray.train.report(metrics, checkpoint=_save_local_checkpoint(state, local_dir, epoch + 1))
@@ -340,12 +341,9 @@ def pretrain(
 
 def load_backbone(cfg: RunConfig, checkpoint: str | Path) -> torch.nn.Module:
     """The trained backbone from a checkpoint written by ``pretrain`` (safe load: weights only)."""
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"checkpoint not found: {checkpoint}") from None
-    except Exception as exc:  # noqa: BLE001 - pickled code, truncation, not a torch file
-        raise ValueError(f"{checkpoint} is not a loadable sslpipe checkpoint (weights-only load failed: {exc})") from None
+    from pipelines.checkpoints import load_checkpoint
+
+    _, state = load_checkpoint(checkpoint)
     method = build_method_from_config(cfg)
     method.load_state_dict(state["method"])
     return method.backbone

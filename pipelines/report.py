@@ -135,6 +135,61 @@ def planted_truth(manifest_path: Path) -> dict[str, dict[str, int]] | None:
     return {k: dict(v) for k, v in sorted(stats.items())} or None
 
 
+def robustness_plot(rob: dict[str, Any]) -> str:
+    fig, ax = plt.subplots(figsize=(5, 3))
+    for kind, info in rob["per_kind"].items():
+        drops = info.get("by_severity") or {}  # severity -> clean - accuracy (keys are strings after JSON)
+        sev = sorted(drops, key=lambda k: int(k))
+        ax.plot([int(k) for k in sev], [rob["clean"] - drops[k] for k in sev], marker="o", ms=3, label=kind)
+    ax.axhline(rob["clean"], color="#999", ls="--", label="clean")
+    ax.set_xlabel("severity")
+    ax.set_ylabel("kNN top-1")
+    ax.legend(fontsize=7)
+    ax.set_title("Robustness to corruptions", fontsize=9)
+    ax.grid(alpha=0.3)
+    return _png_uri(fig)
+
+
+def per_class_plot(per_class: list[float]) -> str:
+    fig, ax = plt.subplots(figsize=(5, 2.6))
+    ax.bar(range(len(per_class)), per_class, color="#4c72b0")
+    ax.set_xlabel("class")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title("Per-class accuracy (linear probe)", fontsize=9)
+    return _png_uri(fig)
+
+
+def evaluation_sections(ev: dict[str, Any]) -> list[str]:
+    """HTML for the extended evaluation figures that are present, each with its protocol."""
+    out = []
+    if "knn_protocols" in ev:
+        out.append("<h3>kNN under the published protocols</h3>"
+                   + _table([[name, f"{acc:.4f}"] for name, acc in ev["knn_protocols"].items()], ["protocol", "top-1"]))
+    if "linear_probe" in ev:
+        lp = ev["linear_probe"]
+        out.append(f"<h3>Linear probe</h3><p>top-1 <b>{lp['top1']:.4f}</b> ({html.escape(lp['protocol'])}).</p>")
+    if "few_shot" in ev:
+        out.append("<h3>Few-shot (linear probe on a labelled fraction, mean ± std over draws)</h3>" + _table(
+            [[k, f"{v['mean']:.4f} ± {v['std']:.4f}", len(v["tries"]), v.get("n_labelled", "")] for k, v in ev["few_shot"].items()],
+            ["labels", "top-1", "draws", "labelled images"]))
+    if "per_class" in ev:
+        pc = ev["per_class"]
+        out.append("<h3>Per-class and head / medium / tail accuracy</h3><p>Classes split in thirds by their number of "
+                   "curated training images.</p>" + _table(
+                       [[g, f"{pc[g]:.4f}" if pc[g] == pc[g] else "n/a", pc["n_classes"].get(g, 0)] for g in ("head", "medium", "tail")],
+                       ["group", "mean per-class accuracy", "classes"])
+                   + f"<img src='{per_class_plot(pc['per_class'])}'>")
+    if "robustness" in ev:
+        rob = ev["robustness"]
+        out.append(f"<h3>Robustness</h3><p>{html.escape(rob['protocol'])}; clean {rob['clean']:.4f}, mean drop "
+                   f"{rob.get('mean_drop', 0):.4f}.</p><img src='{robustness_plot(rob)}'>")
+    if ev.get("embedding_plot") and Path(ev["embedding_plot"]).exists():
+        data = base64.b64encode(Path(ev["embedding_plot"]).read_bytes()).decode()
+        out.append(f"<h3>Embedding of the held-out set</h3><img src='data:image/png;base64,{data}'>")
+    return out
+
+
 def _table(rows: list[list[Any]], header: list[str]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
@@ -177,6 +232,8 @@ def build_report(run_dir: str | Path) -> Path:
             + _table([[k, f"{v:.4f}"] for k, v in knn.items()], ["encoder", "kNN top-1"])
             + f"<img src='{knn_plot(knn, ev['protocol'])}'>"
         )
+    if ev:
+        parts.extend(evaluation_sections(ev))
     pt = stages.get("pretrain")
     if pt:
         figures["pretrain"] = {k: pt[k] for k in ("seconds", "history") if k in pt}

@@ -73,7 +73,7 @@ def _stage(run: RunDir, name: str, resume: bool, fn: Callable[[], dict[str, Any]
 def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, until: str = "report") -> Path:
     """Run the chain up to and including ``until``; returns the run directory."""
     from pipelines.curate import curate
-    from pipelines.evaluate import knn_report, load_labelled
+    from pipelines.evaluate import full_evaluation, load_labelled
     from pipelines.pretrain import load_backbone, pretrain
     from pipelines.report import build_report
     from pipelines.sources import resolve_sources
@@ -123,7 +123,7 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
         bank = load_labelled(cur_rec["shards"], cfg)
         test = load_labelled(pool_rec["eval_shards"], cfg)
         backbone = load_backbone(cfg, pt_rec["checkpoint"])
-        rep = knn_report(cfg, backbone, bank, test)
+        rep = full_evaluation(cfg, backbone, bank, test, run.path)
         knn = rep["knn_top1"]
         print(
             f"[evaluate] {rep['protocol']}: raw pixels {knn['raw_pixels']:.3f}  random init {knn['random_init']:.3f}"

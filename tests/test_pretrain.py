@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from curation.errors import InputError
 from pipelines.config import load_config
 from pipelines.pretrain import load_backbone, pretrain
 
@@ -63,7 +64,7 @@ def test_malicious_checkpoint_is_refused_without_running_code(tmp_path: Path) ->
     marker.unlink(missing_ok=True)
     evil = tmp_path / "evil.pt"
     evil.write_bytes(pickle.dumps({"method": _Payload()}))
-    with pytest.raises(ValueError, match="not a loadable sslpipe checkpoint"):
+    with pytest.raises(InputError, match="not a loadable sslpipe checkpoint"):
         load_backbone(small_config(tmp_path, epochs=1), evil)
     assert not marker.exists()
 

@@ -19,6 +19,7 @@ from pipelines.config import ConfigError, load_config
 from pipelines.sweep import (
     SweepSpec,
     build_sweep_report,
+    experiment_path,
     load_search_space,
     parse_search_space,
     run_sweep,
@@ -128,7 +129,7 @@ def test_report_is_self_contained_with_both_plots() -> None:
 
 SMALL = [
     "data.limit=400", "data.demo_holdout=200", "pool.exact_duplicates=20", "pool.near_duplicates=10",
-    "pool.blank=4", "pool.noise=4", "pool.corrupt=2", "train.epochs=4",
+    "pool.blank=4", "pool.noise=4", "pool.corrupt=2", "train.epochs=3",
 ]
 
 
@@ -173,6 +174,15 @@ def _finished_trials(trials: Path) -> set[str]:
     return {p.parent.name for p in trials.glob("*/finished.jsonl")}
 
 
+def _tune_saved_a_finished_trial(experiment: Path) -> bool:
+    """Tune's newest experiment state records a TERMINATED trial (only the finished one can be: fifo, 1 at once)."""
+    states = sorted(experiment.glob("experiment_state-*.json"))
+    try:
+        return bool(states) and "TERMINATED" in states[-1].read_text()
+    except FileNotFoundError:  # replaced while we read it
+        return False
+
+
 @pytest.mark.slow
 def test_killed_sweep_resumes_without_rerunning_finished_trials(curated_run: Path, ray_session) -> None:
     sweep_file = curated_run / "resume_sweep.yaml"
@@ -187,12 +197,15 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(curated_run: Pat
 
     # the driver joins this session's Ray cluster, so killing it ends its trials but not the cluster
     address = ray_session.get_runtime_context().gcs_address
+    experiment = Path(experiment_path(spec.base, spec))
+    env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"}  # Tune saves its state every second
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.sweep", str(sweep_file), *overrides,
-                             "--address", address], cwd=REPO, start_new_session=True,
+                             "--address", address], cwd=REPO, start_new_session=True, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
-    try:
-        while not _finished_trials(trials) and time.time() < deadline and proc.poll() is None:
+    try:  # kill once a trial has finished and Tune has saved that
+        while time.time() < deadline and proc.poll() is None and not (
+                _finished_trials(trials) and _tune_saved_a_finished_trial(experiment)):
             time.sleep(0.5)
         finished_before = _finished_trials(trials)
         assert finished_before, "no trial finished before the deadline (or the driver exited early)"
@@ -210,6 +223,11 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(curated_run: Pat
     for trial_id in finished_before:  # not trained again: still exactly one start each
         assert len((trials / trial_id / "starts.jsonl").read_text().splitlines()) == 1
         assert table[trial_id]["starts"] == 1
+        assert not (trials / trial_id / "replays.jsonl").exists()  # Tune itself skipped it
+        assert len(json.loads(table[trial_id]["curve"])) == spec.base.train.epochs
+    for trial_id in set(starts_before) - finished_before:  # interrupted mid-run: started again, ran to the end
+        assert table[trial_id]["starts"] == 2
+        assert [c["epoch"] for c in json.loads(table[trial_id]["curve"])] == [1, 2, 3]
     assert sorted(r["method.temperature"] for r in table.values()) == [0.1, 0.5, 1.0]
 
     with pytest.raises(Exception, match="--resume"):  # a second run without --resume refuses to start over
