@@ -28,6 +28,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("kept", pa.bool_()),
         ("reason", pa.string()),
         ("duplicate_of", pa.string()),
+        ("cluster_ids", pa.list_(pa.int64())),  # hierarchical k-means cluster per level, finest first
         ("meta", pa.string()),
     ]
 )

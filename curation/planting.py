@@ -72,12 +72,17 @@ def plant_pool(
                      {"planted": "exact_dup", "index": i}))
     for j in range(near_duplicates):
         i = source_index()
-        if j % 2 == 0:
+        if j % 3 == 0:  # re-encoded at another quality
             payload, kind = encode_jpeg(images[i], quality=int(rng.integers(60, 95))), "near_dup_jpeg"
             ext = "jpg"
-        else:
-            dx, dy = (int(v) for v in rng.choice([-1, 1], size=2))
+        elif j % 3 == 1:  # translated by 1-2 px
+            dx, dy = (int(v) * int(rng.integers(1, 3)) for v in rng.choice([-1, 1], size=2))
             payload, kind, ext = encode_png(shift_image(images[i], dx, dy)), "near_dup_shift", "png"
+        else:  # resized by a few pixels
+            h, w = images[i].shape[:2]
+            side = int(rng.choice([-4, -3, -2, 2, 3, 4]))
+            small = np.asarray(Image.fromarray(images[i]).resize((w + side, h + side), Image.BILINEAR))
+            payload, kind, ext = encode_png(small), "near_dup_resize", "png"
         rows.append((payload, ext, int(labels[i]), {"planted": kind, "index": i}))
     shape = images.shape[1:]
     for _ in range(blank):

@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("out")
 
+    from pipelines.sweep import add_sweep_parser
+
+    add_sweep_parser(verbs)
+
     p = verbs.add_parser("report", help="rebuild the HTML report of a run directory",
                          description="Writes RUN_DIR/report.html (self-contained) and RUN_DIR/report.json.")
     p.add_argument("run_dir")
@@ -108,7 +112,7 @@ def _eval(args: argparse.Namespace) -> int:
     from pipelines.evaluate import full_evaluation, load_labelled
     from pipelines.ray_runtime import ensure_ray
     from pipelines.report import CSS, evaluation_sections
-    from pipelines.sources import _resolve_one as resolve_location  # TODO(lead): public name once ingest lands
+    from pipelines.sources import resolve_location
 
     cfg, backbone = load_backbone_from_checkpoint(args.checkpoint)
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "eval"
@@ -135,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
                 raise InputError("--shard-size must be >= 1")
             shard_source(args.src, args.dest, args.shard_size, args.format, args.limit)
             return 0
+        if args.verb == "sweep":
+            from pipelines.sweep import run_sweep_cli
+
+            return run_sweep_cli(args)
         if args.verb == "export":
             from pipelines.checkpoints import export_backbone
 

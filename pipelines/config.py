@@ -95,6 +95,25 @@ class CurateConfig:
     near_dedup: bool = True
     #: two 64-bit perceptual hashes within this Hamming distance are near duplicates
     near_dedup_max_hamming: int = 4
+    #: tolerate translations up to this many px (hash of displaced centre crops, min distance); 0 = plain pHash
+    near_dedup_max_shift: int = 2
+    #: embedder for SemDeDup and balancing: ``none`` (skip those stages), ``random_convnet``
+    #: (weights-free: a fixed random conv net with global pooling, robust to small shifts, for
+    #: domains with no pretrained model), ``checkpoint`` (an sslpipe checkpoint's backbone)
+    embedder: Literal["none", "random_convnet", "checkpoint"] = "none"
+    embedder_checkpoint: Optional[str] = None
+    #: images are resized to this side before embedding
+    embed_size: int = 32
+    #: actors in the embedding pool (Ray Data ActorPoolStrategy)
+    embed_actors: int = 1
+    #: SemDeDup: spherical k-means clusters (0 = off) and the cosine margin eps (dup if cos > 1 - eps)
+    semdedup_clusters: int = 0
+    semdedup_eps: float = 0.05
+    #: balanced sampling (Vo et al. 2024): keep this fraction of what survived dedup (1.0 = off)
+    balance_fraction: float = 1.0
+    #: clusters per level of the hierarchical k-means, finest first (empty = chosen from the pool size)
+    balance_levels: list[int] = field(default_factory=list)
+    balance_resampling_steps: int = 10
 
     def validate(self, path: str) -> None:
         _check(self.min_side >= 1, f"{path}.min_side", "an integer >= 1")
@@ -102,6 +121,20 @@ class CurateConfig:
         _check(self.max_pixels >= 64, f"{path}.max_pixels", "an integer >= 64")
         _check(self.min_pixel_std >= 0, f"{path}.min_pixel_std", "a number >= 0")
         _check(0 <= self.near_dedup_max_hamming <= 32, f"{path}.near_dedup_max_hamming", "an integer in 0..32")
+        _check(self.embedder != "checkpoint" or bool(self.embedder_checkpoint), f"{path}.embedder_checkpoint",
+               "the path of an sslpipe checkpoint when embedder is 'checkpoint'")
+        _check(0 <= self.near_dedup_max_shift <= 4, f"{path}.near_dedup_max_shift", "an integer in 0..4")
+        _check(self.embed_size >= 8, f"{path}.embed_size", "an integer >= 8")
+        _check(self.embed_actors >= 1, f"{path}.embed_actors", "an integer >= 1")
+        _check(self.semdedup_clusters >= 0, f"{path}.semdedup_clusters", "an integer >= 0 (0 = off)")
+        _check(0 < self.semdedup_eps < 1, f"{path}.semdedup_eps", "a number in (0, 1)")
+        _check(0 < self.balance_fraction <= 1, f"{path}.balance_fraction", "a fraction in (0, 1]")
+        _check(all(k >= 1 for k in self.balance_levels) and self.balance_levels == sorted(self.balance_levels, reverse=True),
+               f"{path}.balance_levels", "positive cluster counts, finest level first (non-increasing)")
+        _check(self.balance_resampling_steps >= 0, f"{path}.balance_resampling_steps", "an integer >= 0")
+        needs_embedding = self.semdedup_clusters > 0 or self.balance_fraction < 1
+        _check(not needs_embedding or self.embedder != "none", f"{path}.embedder",
+               "'random_convnet' or 'checkpoint' when semdedup_clusters > 0 or balance_fraction < 1")
 
 
 @dataclass
@@ -266,6 +299,8 @@ def _describe(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin in (Union, types.UnionType):
         return " or ".join("null" if a is type(None) else _describe(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(tp)[0]).removeprefix('an ').removeprefix('a ')}s"
     if dataclasses.is_dataclass(tp):
         return "a mapping with keys " + ", ".join(f.name for f in dataclasses.fields(tp))
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
@@ -289,6 +324,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ConfigError:
                 pass
         raise ConfigError(f"config key '{key}': got {value!r}, must be {_describe(tp)}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}': got {value!r}, must be {_describe(tp)}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}': got {value!r}, must be {_describe(tp)}")

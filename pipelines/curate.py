@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
 import ray
 
+from curation.embed import collect_embeddings, embed_dataset, random_conv_embedder
 from curation.exact_dedup import exact_duplicates
 from curation.ingest import open_input, read_shards
 from curation.inspect import inspect_batch
@@ -41,8 +43,9 @@ class CurationResult:
     summary: dict[str, Any]
 
 
-def _collect_metadata(paths: list[str], rules: ValidationRules) -> pa.Table:
-    ds = read_shards(paths).map_batches(inspect_batch, batch_size=256, fn_kwargs={"rules": rules})
+def _collect_metadata(paths: list[str], rules: ValidationRules, shift_robust: int = 0) -> pa.Table:
+    ds = read_shards(paths).map_batches(inspect_batch, batch_size=256,
+                                        fn_kwargs={"rules": rules, "shift_robust": shift_robust})
     tables = [t for t in ds.iter_batches(batch_format="pyarrow", batch_size=None) if t.num_rows]
     if not tables:
         raise ValueError(f"the shards hold no samples: {paths[:3]}")
@@ -82,7 +85,10 @@ def decide(meta: pa.Table, cfg: CurateConfig) -> pa.Table:
 
         idx = np.flatnonzero(ok)
         hashes = meta.column("phash").to_numpy()[idx].astype(np.uint64)
-        near = find_near_duplicates(hashes, [keys[i] for i in idx], cfg.near_dedup_max_hamming)
+        queries = None
+        if "phash_shifts" in meta.column_names:
+            queries = np.array(meta.column("phash_shifts").to_pylist(), dtype=np.uint64)[idx]
+        near = find_near_duplicates(hashes, [keys[i] for i in idx], cfg.near_dedup_max_hamming, query_hashes=queries)
         for local in np.flatnonzero(near >= 0):
             i = idx[local]
             reasons[i], dup_of[i] = "near_dup", keys[idx[near[local]]]
@@ -99,9 +105,115 @@ def decide(meta: pa.Table, cfg: CurateConfig) -> pa.Table:
         "kept": kept,
         "reason": reasons,
         "duplicate_of": dup_of,
+        "cluster_ids": [[] for _ in keys],
         "meta": [m if isinstance(m, str) else "" for m in meta.column("meta").to_pylist()],
     }
     return pa.table(columns, schema=MANIFEST_SCHEMA)
+
+
+def _keep_keys(batch: dict[str, np.ndarray], keys: frozenset[str]) -> dict[str, np.ndarray]:
+    mask = np.array([str(k) in keys for k in batch["key"]], dtype=bool)
+    return {c: v[mask] for c, v in batch.items()}
+
+
+def _embeddings(paths: list[str], keys: list[str], out_dir: Path, cfg: CurateConfig,
+                factory: Callable[[], Any]) -> np.ndarray:
+    """Embeddings of ``keys`` (in that order), from ``out_dir/embeddings.npy`` when it matches, else computed
+    on a Ray Data actor pool and saved, so re-clustering with other parameters never re-embeds."""
+    cache, cache_keys = out_dir / "embeddings.npy", out_dir / "embedding_keys.json"
+    if cache.exists() and cache_keys.exists() and json.loads(cache_keys.read_text()) == keys:
+        print(f"[curate] reusing {len(keys)} embeddings from {cache}", flush=True)
+        return np.load(cache)
+    print(f"[curate] embedding {len(keys)} images ({cfg.embedder}, {cfg.embed_actors} actor(s))", flush=True)
+    wanted = frozenset(keys)
+    ds = read_shards(paths).map_batches(_keep_keys, fn_kwargs={"keys": wanted}, batch_size=1024)
+    # images are embedded as RGB (grayscale replicated), so one embedder serves every data set
+    got_keys, emb = collect_embeddings(embed_dataset(ds, factory, cfg.embed_size, 3, cfg.embed_actors))
+    position = {k: i for i, k in enumerate(got_keys)}  # a key repeated in a shard is embedded twice: keep one
+    emb = emb[[position[k] for k in keys]]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / "embeddings.tmp.npy"
+    np.save(tmp, emb)
+    os.replace(tmp, cache)
+    write_json_atomic(keys, cache_keys)
+    return emb
+
+
+def auto_levels(n: int) -> list[int]:
+    """Clusters per level for ``n`` points when the config gives none: ~25 points per finest
+    cluster, then /10 per level while a level keeps >= 20 clusters (Vo et al. use 4 levels at 10^8)."""
+    levels = [max(2, min(20000, n // 25))]
+    while levels[-1] >= 20 and len(levels) < 4:
+        levels.append(levels[-1] // 10)
+    return levels
+
+
+def semantic_stages(manifest: pa.Table, paths: list[str], out_dir: Path, cfg: CurateConfig,
+                    factory: Callable[[], Any], seed: int) -> tuple[pa.Table, dict[str, Any]]:
+    """SemDeDup, then hierarchical k-means + balanced sampling, on the samples still kept."""
+    from curation.balanced import balanced_sample
+    from curation.hierarchical import hierarchical_kmeans
+    from curation.metrics import normalized_entropy
+    from curation.semdedup import semdedup
+
+    keys = manifest.column("key").to_pylist()
+    reasons = manifest.column("reason").to_pylist()
+    dup_of = manifest.column("duplicate_of").to_pylist()
+    clusters: list[list[int]] = [[] for _ in keys]
+    candidates = [i for i, r in enumerate(reasons) if r == "ok"]
+    info: dict[str, Any] = {}
+    if len(candidates) < 2:
+        return manifest, info
+    emb = _embeddings(paths, [keys[i] for i in candidates], out_dir, cfg, factory)
+    # centre on the pool mean before cosine: embeddings (random-conv ones especially) share a large
+    # common component that makes every pair look alike
+    emb = emb - emb.mean(axis=0, keepdims=True)
+    emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    survivors = np.arange(len(candidates))
+    if cfg.semdedup_clusters > 0:
+        k = min(cfg.semdedup_clusters, max(1, len(candidates) // 2))
+        dup = semdedup(emb, k, cfg.semdedup_eps, seed, [keys[i] for i in candidates])
+        for local in np.flatnonzero(dup >= 0):
+            i = candidates[local]
+            reasons[i], dup_of[i] = "semantic_dup", keys[candidates[dup[local]]]
+        survivors = np.flatnonzero(dup < 0)
+        info["semdedup"] = {"clusters": k, "eps": cfg.semdedup_eps, "removed": int((dup >= 0).sum())}
+    if cfg.balance_fraction < 1 and len(survivors) >= 4:
+        levels = cfg.balance_levels or auto_levels(len(survivors))
+        levels = [min(k, len(survivors) // 2) for k in levels]
+        hier = hierarchical_kmeans(emb[survivors], levels, resampling_steps=cfg.balance_resampling_steps, seed=seed)
+        target = int(round(cfg.balance_fraction * len(survivors)))
+        keep = balanced_sample(hier.assignments, target, seed)
+        for j, local in enumerate(survivors):
+            i = candidates[local]
+            clusters[i] = [int(a[j]) for a in hier.assignments]
+            if not keep[j]:
+                reasons[i] = "pruned_by_balance"
+        finest = hier.assignments[0]
+        k1 = int(levels[0])
+        info["balance"] = {
+            "levels": [int(k) for k in levels], "target": target, "kept": int(keep.sum()),
+            "cluster_sizes_before": np.bincount(finest, minlength=k1).tolist(),
+            "cluster_sizes_after": np.bincount(finest[keep], minlength=k1).tolist(),
+            "normalized_entropy_before": normalized_entropy(finest, k1),
+            "normalized_entropy_after": normalized_entropy(finest[keep], k1),
+        }
+    columns = {name: manifest.column(name).to_pylist() for name in manifest.column_names}
+    columns.update(reason=reasons, duplicate_of=dup_of, cluster_ids=clusters, kept=[r == "ok" for r in reasons])
+    return pa.table(columns, schema=MANIFEST_SCHEMA), info
+
+
+def class_histograms(manifest: pa.Table) -> dict[str, list[int]] | None:
+    """Label histogram of the decodable input vs the kept set (when labels exist)."""
+    labels = np.array(manifest.column("label").to_pylist())
+    usable = np.array([r not in ("decode_error", "missing_image", "truncated_shard") for r in
+                       manifest.column("reason").to_pylist()])
+    kept = np.array(manifest.column("kept").to_pylist())
+    if not (labels >= 0).any():
+        return None
+    n = int(labels.max()) + 1
+    return {"before": np.bincount(labels[usable & (labels >= 0)], minlength=n).tolist(),
+            "after": np.bincount(labels[kept & (labels >= 0)], minlength=n).tolist()}
 
 
 def _write_curated_shard(source: str, out_path: str, kept_keys: list[str]) -> int:
@@ -121,15 +233,30 @@ def _write_curated_shard(source: str, out_path: str, kept_keys: list[str]) -> in
     return len(samples)
 
 
-def curate(shard_location: str | list[str], out_dir: str | Path, cfg: CurateConfig) -> CurationResult:
-    """Run both passes; returns where the manifest, summary and curated shards are."""
+def curate(
+    shard_location: str | list[str],
+    out_dir: str | Path,
+    cfg: CurateConfig,
+    *,
+    embedder_factory: Callable[[], Any] | None = None,
+    seed: int = 0,
+) -> CurationResult:
+    """Run both passes; returns where the manifest, summary and curated shards are.
+
+    ``embedder_factory`` builds the embedding model on each actor (default: the weights-free
+    random conv net); it is used only when SemDeDup or balancing is on.
+    """
     t0 = time.time()
     paths = shard_location if isinstance(shard_location, list) else list_shards(shard_location)
     out_dir = Path(out_dir)
     rules = ValidationRules(cfg.min_side, cfg.max_aspect, cfg.max_pixels, cfg.min_pixel_std)
     print(f"[curate] pass 1/2: decode, validate and hash {len(paths)} shard(s)", flush=True)
-    meta = _collect_metadata(paths, rules)
+    meta = _collect_metadata(paths, rules, cfg.near_dedup_max_shift if cfg.near_dedup else 0)
     manifest = decide(meta, cfg)
+    stage_info: dict[str, Any] = {}
+    if cfg.semdedup_clusters > 0 or cfg.balance_fraction < 1:
+        manifest, stage_info = semantic_stages(manifest, paths, out_dir, cfg, embedder_factory or random_conv_embedder,
+                                               seed)
     check_conservation(manifest.column("key").to_pylist(), manifest)
     manifest_path = write_table_atomic(manifest, out_dir / "manifest.parquet")
     t1 = time.time()
@@ -159,7 +286,17 @@ def curate(shard_location: str | list[str], out_dir: str | Path, cfg: CurateConf
         "shards_in": len(paths),
         "shards_out": len(curated),
         "seconds": {"pass1_inspect_and_decide": round(t1 - t0, 2), "pass2_write": round(time.time() - t1, 2)},
+        **stage_info,
     }
+    hist = class_histograms(manifest)
+    if hist:
+        from curation.metrics import normalized_entropy
+
+        def class_entropy(counts: list[int]) -> float:
+            return normalized_entropy(np.repeat(np.arange(len(counts)), counts), len(counts))
+
+        summary["class_histogram"] = hist
+        summary["class_entropy"] = {"before": class_entropy(hist["before"]), "after": class_entropy(hist["after"])}
     summary_path = write_json_atomic(summary, out_dir / "summary.json")
     print(f"[curate] kept {kept_n} of {manifest.num_rows}; removed: "
           + ", ".join(f"{k} {v}" for k, v in counts.items() if k != "ok"), flush=True)

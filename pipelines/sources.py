@@ -391,7 +391,8 @@ def shard_source(src: str, dest: str, shard_size: int, fmt: str = "webdataset", 
                        index.num_rows, by_reason)
 
 
-def _resolve_one(location: str, dest: Path, cfg: RunConfig) -> list[str]:
+def resolve_location(location: str, dest: Path, cfg: RunConfig) -> list[str]:
+    """Shards for a location: a shard directory, glob or tar as they are; an image folder is sharded into ``dest``."""
     path = Path(os.path.expandvars(location)).expanduser()
     if "$" in str(path):
         raise InputError(f"{location!r} names an environment variable that is not set (e.g. export SSLPIPE_CIFAR10=...)")
@@ -406,4 +407,4 @@ def resolve_sources(cfg: RunConfig, pool_dir: Path) -> tuple[list[str], list[str
         return build_demo_pool(cfg, pool_dir)
     if cfg.data.eval_source is None:
         raise InputError("data.eval_source is not set: name a labelled held-out folder or shards for evaluation")
-    return _resolve_one(cfg.data.source, pool_dir / "shards", cfg), _resolve_one(cfg.data.eval_source, pool_dir / "eval", cfg)
+    return resolve_location(cfg.data.source, pool_dir / "shards", cfg), resolve_location(cfg.data.eval_source, pool_dir / "eval", cfg)

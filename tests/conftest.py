@@ -21,7 +21,8 @@ def ray_session():
     if not ray.is_initialized():
         # the dashboard process serves the State API that Ray Train's placement-group cleaner and
         # our fault-injection tests use; it listens on 127.0.0.1 only
-        ray.init(num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1",
+        # address="local": always our own Ray, even if another cluster runs on this machine
+        ray.init(address="local", num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1",
                  object_store_memory=512 * 1024**2, logging_level="WARNING")
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
