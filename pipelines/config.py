@@ -150,7 +150,9 @@ class BackboneConfig:
 
 @dataclass
 class MethodConfig:
-    name: Literal["simclr"] = "simclr"
+    #: the registry names of ssl_models.methods.METHODS (a test keeps the two in step)
+    name: Literal["simclr", "dcl", "dclw", "moco_v2", "mochi", "byol", "barlow_twins", "mixed_barlow_twins",
+                  "vicreg", "isogclr", "mae", "siameseim"] = "simclr"
     temperature: float = 0.2
     proj_hidden_dim: int = 256
     proj_dim: int = 64
@@ -246,6 +248,32 @@ class TrainConfig:
 
 
 @dataclass
+class DynamicConfig:
+    """Dynamic dataset pruning during pretraining (DESIGN.md, Curation step 7)."""
+
+    policy: Literal["none", "cluster_balance", "loss_based"] = "none"
+    #: epochs on the full pool before the first round
+    warmup_epochs: int = 1
+    #: a new round (re-embed, re-cluster, re-select) every this many epochs
+    every_epochs: int = 1
+    keep_fraction: float = 0.5
+    #: random points per worker the hierarchical k-means is fitted on (all are then assigned)
+    subset_for_clustering: int = 20000
+    #: clusters per level, finest first (empty = from the pool size)
+    levels: list[int] = field(default_factory=list)
+    resampling_steps: int = 3
+
+    def validate(self, path: str) -> None:
+        _check(self.warmup_epochs >= 0, f"{path}.warmup_epochs", "an integer >= 0")
+        _check(self.every_epochs >= 1, f"{path}.every_epochs", "an integer >= 1")
+        _check(0 < self.keep_fraction <= 1, f"{path}.keep_fraction", "a fraction in (0, 1]")
+        _check(self.subset_for_clustering >= 10, f"{path}.subset_for_clustering", "an integer >= 10")
+        _check(all(k >= 1 for k in self.levels) and self.levels == sorted(self.levels, reverse=True),
+               f"{path}.levels", "positive cluster counts, finest level first (non-increasing)")
+        _check(self.resampling_steps >= 0, f"{path}.resampling_steps", "an integer >= 0")
+
+
+@dataclass
 class EvalConfig:
     #: weighted kNN protocol (DINO's k=20, T=0.07 by default)
     knn_k: int = 20
@@ -279,6 +307,7 @@ class RunConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    dynamic: DynamicConfig = field(default_factory=DynamicConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self, path: str = "") -> None:

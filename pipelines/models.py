@@ -2,28 +2,43 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from pipelines.config import RunConfig
 from ssl_models.augment import ViewRecipe
 from ssl_models.backbones import build_backbone
-from ssl_models.methods import SSLMethod, build_method
+from ssl_models.methods import METHODS, SSLMethod, build_method
 
 
-def build_method_from_config(cfg: RunConfig) -> SSLMethod:
-    """The method at its initialisation for ``cfg.seed`` (the random-init baseline uses this too)."""
+def build_method_from_config(cfg: RunConfig, num_samples: int | None = None) -> SSLMethod:
+    """The method at its initialisation for ``cfg.seed`` (the random-init baseline uses this too).
+
+    Every method gets the keyword arguments its constructor names, and only those: SimCLR takes
+    a temperature, BYOL does not; MAE builds its own ViT from the image size and channels.
+    ``num_samples`` sizes per-sample state (iSogCLR's learned temperatures).
+    """
     torch.manual_seed(cfg.seed)
     backbone, dim = build_backbone(
         cfg.backbone.name, in_channels=cfg.data.channels, cifar_stem=cfg.backbone.cifar_stem, width=cfg.backbone.width
     )
-    return build_method(
-        cfg.method.name,
-        backbone,
-        dim,
-        temperature=cfg.method.temperature,
-        proj_hidden_dim=cfg.method.proj_hidden_dim,
-        proj_dim=cfg.method.proj_dim,
-    )
+    offered = {
+        "temperature": cfg.method.temperature,
+        "proj_hidden_dim": cfg.method.proj_hidden_dim,
+        "proj_dim": cfg.method.proj_dim,
+        "img_size": cfg.data.image_size,
+        "in_chans": cfg.data.channels,
+    }
+    if num_samples is not None:
+        offered["num_samples"] = num_samples
+    accepted = inspect.signature(METHODS[cfg.method.name]).parameters
+    return build_method(cfg.method.name, backbone, dim, **{k: v for k, v in offered.items() if k in accepted})
+
+
+def forward_takes_index(method: SSLMethod) -> bool:
+    """Methods with per-sample state (iSogCLR) need each sample's global index in ``forward``."""
+    return "index" in inspect.signature(method.forward).parameters
 
 
 def view_recipe(cfg: RunConfig) -> ViewRecipe:

@@ -30,7 +30,8 @@ from ray.train import RunConfig as TrainRunConfig
 from ray.train.torch import TorchTrainer
 
 from pipelines.config import RunConfig, config_from_dict, config_to_dict
-from pipelines.models import build_method_from_config, view_recipe
+from pipelines.dynamic import PruningRound, select_subset
+from pipelines.models import build_method_from_config, forward_takes_index, view_recipe
 from ssl_models.augment import augment_batch
 from ssl_models.optim import LARS, lars_param_groups
 from ssl_models.schedules import SCHEDULES
@@ -138,6 +139,15 @@ def _build_optimizer(method: torch.nn.Module, tc: Any) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=tc.lr, momentum=0.9, weight_decay=tc.weight_decay)
 
 
+def _prune(dyn: Any, backbone: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, recipe: Any, seed: int,
+           epoch: int, rank: int) -> "PruningRound":
+    """A dynamic-pruning round on this worker's pool; the seed depends on the epoch, so a resumed
+    run re-selects the same way from the restored model."""
+    return select_subset(dyn.policy, backbone, images, labels, recipe, keep_fraction=dyn.keep_fraction,
+                         subset_for_clustering=dyn.subset_for_clustering, levels=list(dyn.levels),
+                         resampling_steps=dyn.resampling_steps, seed=seed * 7919 + epoch * 31 + rank)
+
+
 def _count_nodes() -> int:
     """How many distinct Ray nodes the workers of this run are on (logged, and reported as a metric)."""
     node = ray.get_runtime_context().get_node_id()
@@ -165,9 +175,11 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(tc.threads_per_worker or max(1, math.ceil(tc.cpus_per_worker)))
 
-    method = build_method_from_config(cfg)
-    recipe = view_recipe(cfg)
     local_batch = tc.batch_size // world
+    images, labels = _load_local_shard(local_batch)
+    method = build_method_from_config(cfg, num_samples=len(images) * world)
+    needs_index = forward_takes_index(method)
+    recipe = view_recipe(cfg)
     if tc.sync_batchnorm and world > 1:
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
     opt = _build_optimizer(method, tc)
@@ -189,30 +201,42 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     nodes = _count_nodes()
     if rank == 0:
         print(f"[pretrain] {world} worker(s) on {nodes} node(s)", flush=True)
-    images, labels = _load_local_shard(local_batch)
     monitor = None
     if rank == 0 and tc.knn_monitor_every > 0:
         queries = _load_monitor_queries(tc.knn_monitor_queries)
         labelled = torch.nonzero(labels >= 0).flatten()[: tc.knn_monitor_bank]
         if queries is not None and len(labelled) > 0:
             monitor = ((images[labelled], labels[labelled]), queries)
-    steps_per_epoch = len(images) // local_batch
+    steps_per_epoch = len(images) // local_batch  # on the full pool: it fixes the step budget
     if steps_per_epoch == 0:
         raise RuntimeError(f"worker shard of {len(images)} images is smaller than the local batch {local_batch}")
-    total_steps = steps_per_epoch * tc.epochs
+    total_steps = steps_per_epoch * tc.epochs  # pruned runs take more, shorter epochs to the same step count
     warmup_steps = steps_per_epoch * tc.warmup_epochs
     schedule = SCHEDULES[tc.schedule]
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.precision == "bf16")
+    dyn = cfg.dynamic
+    active = torch.arange(len(images))
+    if dyn.policy != "none" and start_epoch > dyn.warmup_epochs:
+        last_round = dyn.warmup_epochs + (start_epoch - dyn.warmup_epochs) // dyn.every_epochs * dyn.every_epochs
+        active = _prune(dyn, _unwrap(model).backbone, images, labels, recipe, cfg.seed, last_round, rank).indices
     t_start = time.time()
+    epoch = start_epoch
+    micro = local_batch // tc.grad_accum_steps
 
-    for epoch in range(start_epoch, tc.epochs):
+    while step < total_steps:
+        round_info: dict[str, Any] = {}
+        if dyn.policy != "none" and epoch >= dyn.warmup_epochs and (epoch - dyn.warmup_epochs) % dyn.every_epochs == 0:
+            pruned = _prune(dyn, _unwrap(model).backbone, images, labels, recipe, cfg.seed, epoch, rank)
+            active, round_info = pruned.indices, pruned.info
         model.train()
         gen.manual_seed(cfg.seed * 100003 + epoch * 1009 + rank)  # resumable: the epoch fixes the RNG
-        order = torch.randperm(len(images), generator=gen)
+        order = active[torch.randperm(len(active), generator=gen)]
+        epoch_steps = min(len(active) // local_batch, total_steps - step)
+        if epoch_steps == 0:
+            raise RuntimeError(f"pruned pool of {len(active)} is smaller than the local batch {local_batch}")
         t_epoch, losses = time.time(), []
-        micro = local_batch // tc.grad_accum_steps
-        for i in range(steps_per_epoch):
+        for i in range(epoch_steps):
             batch = images[order[i * local_batch : (i + 1) * local_batch]]
             lr = schedule(step, total_steps, warmup_steps, tc.lr)
             for group in opt.param_groups:
@@ -225,53 +249,61 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 # DDP all-reduces only on the last micro-batch; earlier ones just accumulate locally
                 sync = model.no_sync() if (j + 1 < tc.grad_accum_steps and hasattr(model, "no_sync")) else nullcontext()
                 with sync, autocast:
-                    loss, logs = model(views)
+                    if needs_index:  # global sample ids: shards are equal-sized and disjoint per worker
+                        ids = order[i * local_batch + j * micro : i * local_batch + (j + 1) * micro] + rank * len(images)
+                        loss, logs = model(views, index=ids)
+                    else:
+                        loss, logs = model(views)
                     (loss / tc.grad_accum_steps).backward()
                 step_loss += logs["loss"] / tc.grad_accum_steps
             opt.step()
             _unwrap(model).on_step_end(step, total_steps)
             step += 1
             losses.append(step_loss)
+        epoch += 1
         seconds = time.time() - t_epoch
-        metrics = {
-            "epoch": epoch + 1,
+        metrics: dict[str, Any] = {
+            "epoch": epoch,
             "step": step,
             "loss": sum(losses) / len(losses),
             "lr": lr,
-            "images_per_s": steps_per_epoch * tc.batch_size / seconds,
+            "images_per_s": epoch_steps * tc.batch_size / seconds,
             "epoch_seconds": seconds,
+            "active_samples": int(len(active)) * world,
             "resumes": resumes,  # how often this run restarted from a checkpoint (worker loss, re-run)
             "nodes": nodes,
         }
-        if tc.knn_monitor_every and (epoch + 1) % tc.knn_monitor_every == 0:
+        metrics.update({f"prune_{k}": v for k, v in round_info.items() if isinstance(v, (int, float))})
+        if tc.knn_monitor_every and epoch % tc.knn_monitor_every == 0:
             # every rank reports the same keys; only rank 0 holds the monitor data
             metrics["knn_top1"] = _online_knn(_unwrap(model).backbone, *monitor, cfg) if monitor else float("nan")
         history.append(metrics)
         elapsed = time.time() - t_start
-        stop = _should_stop(tc.time_budget_s > 0 and elapsed >= tc.time_budget_s and epoch + 1 < tc.epochs)
+        stop = _should_stop(tc.time_budget_s > 0 and elapsed >= tc.time_budget_s and step < total_steps)
         if rank == 0:
-            eta = seconds * (tc.epochs - epoch - 1)
+            eta = seconds / epoch_steps * (total_steps - step)
             print(
-                f"[pretrain] epoch {epoch + 1}/{tc.epochs}  loss {metrics['loss']:.4f}  lr {lr:.2e}  "
+                f"[pretrain] epoch {epoch}  step {step}/{total_steps}  loss {metrics['loss']:.4f}  lr {lr:.2e}  "
                 f"{metrics['images_per_s']:.0f} img/s"
                 + (f"  knn {metrics['knn_top1']:.3f}" if "knn_top1" in metrics else "")
+                + (f"  pruned to {metrics['active_samples']} ({round_info['round_seconds']:.1f}s)" if round_info else "")
                 + f"  elapsed {elapsed:.0f}s  eta {eta:.0f}s"
                 + ("  (time budget reached, stopping)" if stop else ""),
                 flush=True,
             )
-        last = stop or epoch + 1 == tc.epochs
-        if last or (epoch + 1) % tc.checkpoint_every_epochs == 0:
+        last = stop or step >= total_steps
+        if last or epoch % tc.checkpoint_every_epochs == 0:
             state = {
                 "method": _unwrap(model).state_dict(),
                 "optimizer": opt.state_dict(),
-                "epoch": epoch + 1,
+                "epoch": epoch,
                 "step": step,
                 "history": history,
                 "resumes": resumes,
                 "config": loop_config["config"],  # a checkpoint can be evaluated or exported on its own
             }
             if local_dir is not None:  # in-process mode: Ray keeps checkpoints only in memory
-                ray.train.report(metrics, checkpoint=_save_local_checkpoint(state, local_dir, epoch + 1))
+                ray.train.report(metrics, checkpoint=_save_local_checkpoint(state, local_dir, epoch))
             else:
                 with tempfile.TemporaryDirectory() as tmp:
                     checkpoint = None

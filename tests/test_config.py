@@ -36,7 +36,7 @@ def test_overrides_are_parsed_as_yaml_and_validated() -> None:
         ({"train": {"epochs": "many"}}, "train.epochs", "an integer"),
         ({"train": {"epochs": 1.5}}, "train.epochs", "an integer"),
         ({"train": {"use_gpu": "yes"}}, "train.use_gpu", "true or false"),
-        ({"method": {"name": "simsiam"}}, "method.name", "one of 'simclr'"),
+        ({"method": {"name": "simsiam"}}, "method.name", "one of 'simclr', 'dcl'"),
         ({"data": {"channels": 2}}, "data.channels", "one of 1, 3"),
         ({"method": {"temperature": 0}}, "method.temperature", "[0.001, 10]"),
         ({"train": {"batch_size": 255}}, "train.batch_size", "multiple of train.num_workers"),
@@ -60,3 +60,12 @@ def test_bad_override_syntax_and_missing_file(tmp_path: Path) -> None:
     bad.write_text("- a list\n- not a mapping\n")
     with pytest.raises(ConfigError, match="must hold a mapping"):
         load_config(bad)
+
+
+def test_method_names_match_the_registry() -> None:
+    import typing
+
+    from pipelines.config import MethodConfig
+    from ssl_models.methods import METHODS
+
+    assert set(typing.get_args(typing.get_type_hints(MethodConfig)["name"])) == set(METHODS)

@@ -42,3 +42,17 @@ def test_demo_learns_and_reports(ray_session, tmp_path: Path) -> None:
     assert not re.search(r"(src|href)=['\"]https?://", html)  # self-contained
     assert "raw pixels" in html and "random" in html
     assert (run_dir / "checkpoint.pt").exists() and (run_dir / "config.yaml").exists()
+
+    # every figure named in report.json appears in the page, next to its protocol
+    headings = {"knn": "What was learned", "pretrain": "Pretraining", "curation": "Curation",
+                "planted_truth": "Planted truth", "stage_seconds": "Stages"}
+    for key, heading in headings.items():
+        assert key in report and heading in html, key
+    ev = report["knn"]
+    for protocol, acc in ev["knn_protocols"].items():
+        assert protocol in html and f"{acc:.4f}" in html
+    assert f"{ev['linear_probe']['top1']:.4f}" in html and ev["linear_probe"]["protocol"] in html
+    for fraction in ev["few_shot"]:
+        assert f"<td>{fraction}</td>" in html
+    assert "Robustness" in html and ev["robustness"]["protocol"] in html
+    assert "head / medium / tail" in html and "Embedding of the held-out set" in html
