@@ -33,5 +33,9 @@ class SimCLR(SSLMethod):
         self.check_views(views)
         z1 = self.projector(self.backbone(views[0]))
         z2 = self.projector(self.backbone(views[1]))
-        loss = nt_xent_loss(z1, z2, self.temperature)
+        loss = self.pair_loss(z1, z2)
         return loss, {"loss": float(loss.detach())}
+
+    def pair_loss(self, z1: Tensor, z2: Tensor) -> Tensor:
+        """The contrastive loss of two projected views; variants (DCL) override only this."""
+        return nt_xent_loss(z1, z2, self.temperature)
