@@ -135,6 +135,36 @@ def planted_truth(manifest_path: Path) -> dict[str, dict[str, int]] | None:
     return {k: dict(v) for k, v in sorted(stats.items())} or None
 
 
+def before_after_plot(summary: dict[str, Any]) -> str | None:
+    """Class histogram (and sorted cluster sizes when balancing ran) before and after curation."""
+    hist, bal = summary.get("class_histogram"), summary.get("balance")
+    panels = [p for p in (hist, bal) if p]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3), squeeze=False)
+    ax = axes[0][0]
+    if hist:
+        idx = np.arange(len(hist["before"]))
+        ax.bar(idx - 0.2, hist["before"], 0.4, label="input", color="#999999")
+        ax.bar(idx + 0.2, hist["after"], 0.4, label="kept", color="#4c72b0")
+        ax.set_xlabel("class")
+        ax.set_ylabel("images")
+        ax.set_title("Class histogram before / after", fontsize=9)
+        ax.legend(fontsize=7)
+        ax = axes[0][-1]
+    if bal:
+        before = sorted(bal["cluster_sizes_before"], reverse=True)
+        after = sorted(bal["cluster_sizes_after"], reverse=True)
+        ax.plot(before, label="before", color="#999999")
+        ax.plot(after, label="after balancing", color="#4c72b0")
+        ax.set_yscale("log")
+        ax.set_xlabel("finest-level cluster (sorted by size)")
+        ax.set_ylabel("images")
+        ax.set_title("Cluster sizes before / after", fontsize=9)
+        ax.legend(fontsize=7)
+    return _png_uri(fig)
+
+
 def robustness_plot(rob: dict[str, Any]) -> str:
     fig, ax = plt.subplots(figsize=(5, 3))
     for kind, info in rob["per_kind"].items():
@@ -255,6 +285,9 @@ def build_report(run_dir: str | Path) -> Path:
             f"<code>manifest.parquet</code>).</p>"
             + _table([[r, n] for r, n in summary["reasons"].items()], ["reason", "samples"])
         )
+        plot = before_after_plot(summary)
+        if plot:
+            parts.append(f"<img src='{plot}'>")
         manifest = Path(cu["manifest"])
         truth = planted_truth(manifest) if manifest.exists() else None
         if truth:
