@@ -129,8 +129,7 @@ class CurateConfig:
         _check(self.semdedup_clusters >= 0, f"{path}.semdedup_clusters", "an integer >= 0 (0 = off)")
         _check(0 < self.semdedup_eps < 1, f"{path}.semdedup_eps", "a number in (0, 1)")
         _check(0 < self.balance_fraction <= 1, f"{path}.balance_fraction", "a fraction in (0, 1]")
-        _check(all(k >= 1 for k in self.balance_levels) and self.balance_levels == sorted(self.balance_levels, reverse=True),
-               f"{path}.balance_levels", "positive cluster counts, finest level first (non-increasing)")
+        _check_levels(self.balance_levels, f"{path}.balance_levels")
         _check(self.balance_resampling_steps >= 0, f"{path}.balance_resampling_steps", "an integer >= 0")
         needs_embedding = self.semdedup_clusters > 0 or self.balance_fraction < 1
         _check(not needs_embedding or self.embedder != "none", f"{path}.embedder",
@@ -268,8 +267,7 @@ class DynamicConfig:
         _check(self.every_epochs >= 1, f"{path}.every_epochs", "an integer >= 1")
         _check(0 < self.keep_fraction <= 1, f"{path}.keep_fraction", "a fraction in (0, 1]")
         _check(self.subset_for_clustering >= 10, f"{path}.subset_for_clustering", "an integer >= 10")
-        _check(all(k >= 1 for k in self.levels) and self.levels == sorted(self.levels, reverse=True),
-               f"{path}.levels", "positive cluster counts, finest level first (non-increasing)")
+        _check_levels(self.levels, f"{path}.levels")
         _check(self.resampling_steps >= 0, f"{path}.resampling_steps", "an integer >= 0")
 
 
@@ -320,6 +318,12 @@ class RunConfig:
 def _check(ok: bool, key: str, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"config key '{key.lstrip('.')}': must be {allowed}")
+
+
+def _check_levels(levels: list[int], key: str) -> None:
+    """Clusters per level of a hierarchical k-means: positive, finest level first."""
+    _check(all(k >= 1 for k in levels) and levels == sorted(levels, reverse=True), key,
+           "positive cluster counts, finest level first (non-increasing)")
 
 
 def _describe(tp: Any) -> str:

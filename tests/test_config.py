@@ -42,6 +42,11 @@ def test_overrides_are_parsed_as_yaml_and_validated() -> None:
         ({"train": {"batch_size": 255}}, "train.batch_size", "multiple of train.num_workers"),
         ({"augment": {"crop_scale_min": 0.9, "crop_scale_max": 0.5}}, "augment.crop_scale_min", "min <= max"),
         ({"train": 5}, "train", "a mapping with keys"),
+        ({"curate": {"balance_fraction": 0.5}}, "curate.embedder", "'random_convnet' or 'checkpoint'"),
+        ({"curate": {"balance_levels": [10, 100]}}, "curate.balance_levels", "finest level first"),
+        ({"dynamic": {"keep_fraction": 0}}, "dynamic.keep_fraction", "a fraction in (0, 1]"),
+        ({"dynamic": {"policy": "random"}}, "dynamic.policy", "'cluster_balance'"),
+        ({"train": {"batch_size": 256, "grad_accum_steps": 3}}, "train.grad_accum_steps", "a divisor"),
     ],
 )
 def test_bad_values_name_the_key_and_the_allowed_values(data: dict, key: str, allowed: str) -> None:
