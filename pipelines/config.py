@@ -415,15 +415,22 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), yaml.safe_load(raw) if raw != "" else ""
 
 
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """Set ``a.b.c`` in nested dicts (creating sections), returning ``data``."""
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"config key '{key}': '{part}' is not a section")
+    node[parts[-1]] = value
+    return data
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     for text in overrides:
         path, value = parse_override(text)
-        node = data
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {text!r}: '{part}' is not a section")
-        node[path[-1]] = value
+        set_dotted(data, ".".join(path), value)
     return data
 
 

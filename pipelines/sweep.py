@@ -45,7 +45,7 @@ import yaml
 
 from curation.errors import InputError
 from pipelines.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
-from pipelines.config import ConfigError, RunConfig, apply_overrides, config_from_dict, config_to_dict, load_config
+from pipelines.config import ConfigError, RunConfig, apply_overrides, config_from_dict, config_to_dict, load_config, set_dotted
 
 DOMAIN_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 SCHEDULERS = ("asha", "pbt", "fifo")
@@ -132,18 +132,6 @@ class SweepResult:
 
 def _fail(key: str, problem: str, fix: str) -> ConfigError:
     return ConfigError(f"sweep key '{key}': {problem}; {fix}")
-
-
-def set_dotted(data: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
-    """Set ``a.b.c`` in nested dicts (creating sections), returning ``data``."""
-    parts = key.split(".")
-    node = data
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"config key '{key}': '{part}' is not a section")
-    node[parts[-1]] = value
-    return data
 
 
 def _known_key(base: dict[str, Any], key: str) -> bool:

@@ -8,16 +8,14 @@ from torch import Tensor, nn
 
 from ssl_models.heads import mlp_head
 from ssl_models.losses.barlow import barlow_twins_loss, mixed_barlow_regulariser
-from ssl_models.methods.base import SSLMethod
+from ssl_models.methods.base import TwoViewMethod
 
 
-class BarlowTwins(SSLMethod):
+class BarlowTwins(TwoViewMethod):
     """Backbone -> 3-layer projector -> cross-correlation towards identity.
 
     Paper widths are 8192; the defaults here (2048) suit CIFAR-size runs.
     """
-
-    num_views = 2
 
     def __init__(
         self,
@@ -34,12 +32,8 @@ class BarlowTwins(SSLMethod):
         self.lambda_offdiag = lambda_offdiag
         self.projector = mlp_head([feature_dim, proj_hidden_dim, proj_hidden_dim, proj_dim])
 
-    def forward(self, views: list[Tensor]) -> tuple[Tensor, dict[str, float]]:
-        self.check_views(views)
-        z1 = self.projector(self.backbone(views[0]))
-        z2 = self.projector(self.backbone(views[1]))
-        loss = barlow_twins_loss(z1, z2, self.lambda_offdiag)
-        return loss, {"loss": float(loss.detach())}
+    def pair_loss(self, z1: Tensor, z2: Tensor) -> Tensor:
+        return barlow_twins_loss(z1, z2, self.lambda_offdiag)
 
 
 class MixedBarlowTwins(BarlowTwins):

@@ -31,3 +31,23 @@ class SSLMethod(nn.Module):
     def check_views(self, views: list[Tensor]) -> None:
         if len(views) != self.num_views:
             raise ValueError(f"{type(self).__name__} expects {self.num_views} views, got {len(views)}")
+
+
+class TwoViewMethod(SSLMethod):
+    """Both views through the same backbone and projector; a subclass gives only the pair loss.
+
+    SimCLR, DCL, Barlow Twins and VICReg differ in nothing but this loss (and their head widths).
+    """
+
+    num_views = 2
+    projector: nn.Module
+
+    def forward(self, views: list[Tensor]) -> tuple[Tensor, dict[str, float]]:
+        self.check_views(views)
+        z1 = self.projector(self.backbone(views[0]))
+        z2 = self.projector(self.backbone(views[1]))
+        loss = self.pair_loss(z1, z2)
+        return loss, {"loss": float(loss.detach())}
+
+    def pair_loss(self, z1: Tensor, z2: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError

@@ -6,13 +6,11 @@ from torch import Tensor, nn
 
 from ssl_models.heads import projection_head
 from ssl_models.losses.ntxent import nt_xent_loss
-from ssl_models.methods.base import SSLMethod
+from ssl_models.methods.base import TwoViewMethod
 
 
-class SimCLR(SSLMethod):
+class SimCLR(TwoViewMethod):
     """Backbone -> MLP projection -> NT-Xent with temperature ``temperature``."""
-
-    num_views = 2
 
     def __init__(
         self,
@@ -28,13 +26,6 @@ class SimCLR(SSLMethod):
         self.feature_dim = feature_dim
         self.temperature = temperature
         self.projector = projection_head(feature_dim, proj_hidden_dim, proj_dim)
-
-    def forward(self, views: list[Tensor]) -> tuple[Tensor, dict[str, float]]:
-        self.check_views(views)
-        z1 = self.projector(self.backbone(views[0]))
-        z2 = self.projector(self.backbone(views[1]))
-        loss = self.pair_loss(z1, z2)
-        return loss, {"loss": float(loss.detach())}
 
     def pair_loss(self, z1: Tensor, z2: Tensor) -> Tensor:
         """The contrastive loss of two projected views; variants (DCL) override only this."""

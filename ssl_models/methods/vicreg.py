@@ -6,13 +6,11 @@ from torch import Tensor, nn
 
 from ssl_models.heads import mlp_head
 from ssl_models.losses.vicreg import vicreg_loss
-from ssl_models.methods.base import SSLMethod
+from ssl_models.methods.base import TwoViewMethod
 
 
-class VICReg(SSLMethod):
+class VICReg(TwoViewMethod):
     """Backbone -> 3-layer expander -> VICReg loss (paper weights 25/25/1, widths 8192)."""
-
-    num_views = 2
 
     def __init__(
         self,
@@ -31,9 +29,5 @@ class VICReg(SSLMethod):
         self.weights = (sim_weight, var_weight, cov_weight)
         self.projector = mlp_head([feature_dim, proj_hidden_dim, proj_hidden_dim, proj_dim])
 
-    def forward(self, views: list[Tensor]) -> tuple[Tensor, dict[str, float]]:
-        self.check_views(views)
-        z1 = self.projector(self.backbone(views[0]))
-        z2 = self.projector(self.backbone(views[1]))
-        loss = vicreg_loss(z1, z2, *self.weights)
-        return loss, {"loss": float(loss.detach())}
+    def pair_loss(self, z1: Tensor, z2: Tensor) -> Tensor:
+        return vicreg_loss(z1, z2, *self.weights)
