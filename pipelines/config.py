@@ -434,17 +434,23 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def read_yaml_file(path: str | Path, what: str, example: str) -> Any:
+    """Parse a YAML file; a missing file or bad YAML is a ConfigError naming the file and the fix."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} file not found: {p} (pass a YAML file, e.g. {example})")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} file {p} is not valid YAML: {exc}") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Load a YAML config (or the defaults when ``path`` is None) plus overrides."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p} (pass a YAML file, e.g. configs/demo.yaml)")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+        loaded = read_yaml_file(p, "config", "configs/demo.yaml")
         if loaded is not None:
             if not isinstance(loaded, dict):
                 raise ConfigError(f"config file {p} must hold a mapping of sections, got {type(loaded).__name__}")

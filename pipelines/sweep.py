@@ -45,7 +45,7 @@ import yaml
 
 from curation.errors import InputError
 from pipelines.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
-from pipelines.config import ConfigError, RunConfig, apply_overrides, config_from_dict, config_to_dict, load_config, set_dotted
+from pipelines.config import ConfigError, RunConfig, apply_overrides, config_from_dict, config_to_dict, load_config, read_yaml_file, set_dotted
 
 DOMAIN_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 SCHEDULERS = ("asha", "pbt", "fifo")
@@ -235,7 +235,7 @@ def parse_search_space(data: dict[str, Any], base_dir: Path, overrides: list[str
         base_path = (base_dir / str(data["base"])).resolve()
         if not base_path.is_file():
             raise _fail("base", f"file not found: {base_path}", "give a path relative to the sweep file")
-        base_data = yaml.safe_load(base_path.read_text()) or {}
+        base_data = read_yaml_file(base_path, "base config", "configs/demo.yaml") or {}
     else:
         base_data = copy.deepcopy(data.get("config") or {})
     base_data = apply_overrides(base_data, _as_override_list(data.get("overrides"), "overrides") + list(overrides or []))
@@ -271,12 +271,7 @@ def parse_search_space(data: dict[str, Any], base_dir: Path, overrides: list[str
 def load_search_space(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
     """Load and fully validate a sweep YAML (see configs/sweep_demo.yaml); ``overrides`` apply to the base."""
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"sweep file not found: {p} (pass a sweep YAML, e.g. configs/sweep_demo.yaml)")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"sweep file {p} is not valid YAML: {exc}") from None
+    data = read_yaml_file(p, "sweep", "configs/sweep_demo.yaml")
     return parse_search_space(data, p.resolve().parent, overrides, source=str(p))
 
 
