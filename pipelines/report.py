@@ -220,6 +220,59 @@ def evaluation_sections(ev: dict[str, Any]) -> list[str]:
     return out
 
 
+def pruning_rounds_plot(history: list[dict[str, Any]]) -> str | None:
+    """Dynamic pruning over training: the active pool, the balance it reached, and where the time went
+    (re-embedding + re-clustering vs training), so a user sees at a glance whether pruning paid off."""
+    rounds = [h for h in history if "prune_round_seconds" in h]
+    if not rounds:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3))
+    epochs = [h["epoch"] for h in history]
+    axes[0].step(epochs, [h["active_samples"] for h in history], where="mid", color="#4c72b0")
+    axes[0].plot([h["epoch"] for h in rounds], [h["active_samples"] for h in rounds], "o", color="#c44e52",
+                 label="pruning round")
+    axes[0].set(xlabel="epoch", ylabel="samples trained on", title="Active pool", ylim=(0, None))
+    axes[0].legend(fontsize=8)
+    r_epochs = [h["epoch"] for h in rounds]
+    for key, label, style in (("prune_cluster_entropy_after", "cluster entropy, kept", "o-"),
+                              ("prune_cluster_entropy_before", "cluster entropy, pool", "o--"),
+                              ("prune_class_entropy_after", "class entropy, kept", "s-"),
+                              ("prune_class_entropy_before", "class entropy, pool", "s--")):
+        values = [h.get(key) for h in rounds]
+        if all(v is not None for v in values):
+            axes[1].plot(r_epochs, values, style, ms=4, label=label)
+    axes[1].set(xlabel="epoch", ylabel="normalised entropy", title="Balance at each round", ylim=(0, 1.02))
+    axes[1].legend(fontsize=8)
+    embed = [h.get("prune_embed_seconds", 0.0) if "prune_round_seconds" in h else 0.0 for h in history]
+    cluster = [h["prune_round_seconds"] - h.get("prune_embed_seconds", 0.0) if "prune_round_seconds" in h else 0.0
+               for h in history]
+    train = [h.get("epoch_seconds", 0.0) for h in history]
+    axes[2].bar(epochs, train, color="#4c72b0", label="training")
+    axes[2].bar(epochs, embed, bottom=train, color="#dd8452", label="re-embedding")
+    axes[2].bar(epochs, cluster, bottom=[a + b for a, b in zip(train, embed)], color="#55a868",
+                label="clustering + sampling")
+    axes[2].set(xlabel="epoch", ylabel="seconds", title="Time per epoch")
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    return _png_uri(fig)
+
+
+def pruning_rounds_table(history: list[dict[str, Any]]) -> str | None:
+    rows = []
+    for h in history:
+        if "prune_round_seconds" not in h:
+            continue
+        fmt = lambda k: f"{h[k]:.3f}" if k in h else "-"  # noqa: E731
+        rows.append([h["epoch"], h["active_samples"], fmt("prune_cluster_entropy_after"),
+                     fmt("prune_class_entropy_before"), fmt("prune_class_entropy_after"),
+                     f"{h.get('prune_embed_seconds', 0.0):.1f}", f"{h['prune_round_seconds']:.1f}",
+                     f"{h.get('epoch_seconds', 0.0):.1f}"])
+    if not rows:
+        return None
+    return _table(rows, ["epoch", "kept", "cluster entropy (kept)", "class entropy (pool)", "class entropy (kept)",
+                         "re-embed s", "round s", "training s"])
+
+
 def _table(rows: list[list[Any]], header: list[str]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
@@ -275,6 +328,11 @@ def build_report(run_dir: str | Path) -> Path:
             f"last epoch {last.get('images_per_s', 0):.0f} images/s.</p>"
             + (f"<img src='{loss_plot(hist)}'>" if hist else "")
         )
+        rounds_plot = pruning_rounds_plot(hist)
+        if rounds_plot:
+            parts.append("<h3>Dynamic pruning rounds</h3><p>Each round re-embeds the pool with the current backbone, "
+                         "re-clusters and keeps a balanced subset until the next round.</p>"
+                         + (pruning_rounds_table(hist) or "") + f"<img src='{rounds_plot}'>")
     cu = stages.get("curate")
     if cu:
         figures["curation"] = cu["summary"]

@@ -66,3 +66,12 @@ def test_pruned_training_reaches_the_same_step_count(ray_session, mnist_digits, 
     rounds = [h for h in history if "prune_round_seconds" in h]
     assert [h["epoch"] for h in rounds] == list(range(2, len(history) + 1, 2))  # after warm-up, every 2 epochs
     assert len(history) == 1 + 2 * 8 // 4 + 0  # 1 full epoch (8 steps) + 4 half epochs (4 steps each)
+
+    # the report shows every round: a row each, and the rounds plot (pool size, balance, time split)
+    from pipelines.report import pruning_rounds_plot, pruning_rounds_table
+
+    assert pruning_rounds_table(history).count("<tr>") == 1 + len(rounds)
+    assert pruning_rounds_plot(history).startswith("data:image/png;base64,")
+    assert pruning_rounds_plot(history[:1]) is None  # no rounds, no plot
+    if policy == "cluster_balance":
+        assert all(0 < h["prune_cluster_entropy_after"] <= 1 for h in rounds)
