@@ -70,6 +70,16 @@ def _stage(run: RunDir, name: str, resume: bool, fn: Callable[[], dict[str, Any]
     return data
 
 
+def _partial_report(run_dir: Path) -> Path:
+    """A job stopped early (``sslpipe curate``, ``sslpipe pretrain``) still gets its report: the
+    curation plots (class histogram, cluster sizes before/after, removed duplicates next to what
+    they duplicate) are what a curation-only user looks at."""
+    from pipelines.report import build_report
+
+    print(f"[run] report: {build_report(run_dir)}", flush=True)
+    return run_dir
+
+
 def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, until: str = "report") -> Path:
     """Run the chain up to and including ``until``; returns the run directory."""
     from pipelines.curate import curate
@@ -100,7 +110,7 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
 
     cur_rec = _stage(run, "curate", resume, do_curate)
     if stop_after < 2:
-        return run.path
+        return _partial_report(run.path)
 
     def do_pretrain() -> dict[str, Any]:
         ds = read_decoded(cur_rec["shards"], cfg.data.image_size, cfg.data.channels).select_columns(["image", "label"])
@@ -117,7 +127,7 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
 
     pt_rec = _stage(run, "pretrain", resume, do_pretrain)
     if stop_after < 3:
-        return run.path
+        return _partial_report(run.path)
 
     def do_evaluate() -> dict[str, Any]:
         bank = load_labelled(cur_rec["shards"], cfg)
@@ -134,7 +144,7 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
 
     _stage(run, "evaluate", resume, do_evaluate)
     if stop_after < 4:
-        return run.path
+        return _partial_report(run.path)
     report = build_report(run.path)
     print(f"[run] done in {time.time() - t_run:.0f} s; report: {report}", flush=True)
     return run.path

@@ -141,6 +141,9 @@ def curated_run(ray_session, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("sweep_run")
     spec = load_search_space(DEMO, [f"run_dir={run_dir}", *SMALL])
     run_pipeline(spec.base, until="curate", resume=True)
+    # a curation-only job gets its report too: counts per reason and the removed-duplicates grid
+    html = (run_dir / "report.html").read_text()
+    assert "Curation" in html and "Pretraining" not in html and html.count("data:image/png;base64,") >= 1
     return run_dir
 
 

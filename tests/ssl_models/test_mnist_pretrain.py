@@ -34,9 +34,11 @@ CONFIGS: dict[str, tuple[dict, float, float]] = {
     "simclr": (dict(HEAD, temperature=0.2), 120, 2e-3),
     "dcl": (dict(HEAD, temperature=0.2), 120, 2e-3),
     "dclw": (dict(HEAD, temperature=0.2), 120, 2e-3),
-    "moco_v2": (dict(HEAD, temperature=0.2, queue_size=2048, momentum=0.9), 160, 1e-3),
-    "mochi": (dict(HEAD, temperature=0.2, queue_size=2048, momentum=0.9, mochi_n_hard=256, mochi_num_mix=256, mochi_num_query_mix=64), 160, 1e-3),
-    "byol": (dict(HEAD, pred_hidden_dim=256, base_momentum=0.9), 160, 1e-3),
+    # teacher/queue methods: an EMA momentum of 0.9 lets the key encoder track the online one so closely
+    # that kNN falls below random init in this budget (0.76-0.79); 0.99 gives 0.84-0.90 (measured)
+    "moco_v2": (dict(HEAD, temperature=0.2, queue_size=2048, momentum=0.99), 160, 1e-3),
+    "mochi": (dict(HEAD, temperature=0.2, queue_size=2048, momentum=0.99, mochi_n_hard=256, mochi_num_mix=256, mochi_num_query_mix=64), 160, 2e-3),
+    "byol": (dict(HEAD, pred_hidden_dim=256, base_momentum=0.99), 160, 2e-3),
     "barlow_twins": (dict(proj_hidden_dim=256, proj_dim=256, lambda_offdiag=0.02), 120, 2e-3),
     "mixed_barlow_twins": (dict(proj_hidden_dim=256, proj_dim=256, lambda_offdiag=0.02), 120, 2e-3),
     "vicreg": (dict(proj_hidden_dim=256, proj_dim=256), 120, 2e-3),
@@ -97,10 +99,9 @@ def digits(mnist_digits) -> torch.Tensor:
     return torch.from_numpy(images[:, None].copy())
 
 
-#: teacher/queue methods that, in this short budget, still score *below* random init
-#: (measured 2 shared cores: moco_v2 0.803 -> 0.756, mochi -> 0.73, byol -> 0.789); known, open
-#: siameseim: 0.605 -> 0.608 after 120 steps, 0.582 after 500 (measured with step budgets)
-SHORT_RUN_FAILURES = {"moco_v2", "mochi", "byol", "siameseim"}
+#: siameseim stays at or below its random-init kNN in a short budget: 0.605 -> 0.608 after 120 steps, 0.582
+#: after 500; 0.54 with EMA momentum 0.996 or mask ratio 0.25 (measured); known, open (issue 5)
+SHORT_RUN_FAILURES = {"siameseim"}
 
 
 @pytest.mark.slow
