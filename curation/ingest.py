@@ -27,12 +27,14 @@ from pathlib import PurePosixPath
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray.data
 
 from curation.errors import InputError
-from curation.shards import expand_braces, iter_tar_samples, sniff_image_ext
+from curation.redact import refuse_credentials
+from curation.shards import INT64_MAX, INT64_MIN, expand_braces, iter_tar_samples, normalize_meta, sniff_image_ext
 from curation.validate import decode_to_array
 
 SAMPLE_COLUMNS = ("key", "image", "ext", "label", "meta", "source", "read_error")
@@ -66,6 +68,7 @@ def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
     text = str(uri)
     if "://" not in text:
         return pafs.LocalFileSystem(), text
+    refuse_credentials(text)  # KEY:SECRET@ or ?secret_key= would travel into every message and record
     if text.startswith("file://"):  # by hand: from_uri rejects glob characters such as '['
         return pafs.LocalFileSystem(), text[len("file://"):]
     if text.startswith("s3://"):
@@ -149,13 +152,65 @@ def _rows_to_batch(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     return batch
 
 
+#: what a parquet shard may hold (``sslpipe shard --format parquet`` writes exactly this)
+PARQUET_EXPECTED = ("{image}: binary (encoded JPEG/PNG/WebP bytes, required); optional: key: string, "
+                    "label (or cls): int64, ext: string, meta: string (json)")
+
+
+def _is_binary(t: pa.DataType) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t) or (
+        hasattr(pa.types, "is_binary_view") and pa.types.is_binary_view(t))
+
+
+def _is_text(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or (
+        hasattr(pa.types, "is_string_view") and pa.types.is_string_view(t))
+
+
+def parquet_schema_problem(schema: pa.Schema, image_column: str = "image") -> tuple[str, str] | None:
+    """(reason, message) when the columns of a parquet shard cannot be read as samples, else None.
+
+    The message names the column, what it is, and the schema we expect, so the fix is
+    obvious; reasons: ``no_image_column`` and ``bad_schema`` (a wrong type, or a column twice).
+    """
+    expected = "expected schema: " + PARQUET_EXPECTED.format(image=image_column)
+    names = list(schema.names)
+    if image_column not in names:
+        return "no_image_column", f"no column {image_column!r} (columns: {sorted(names)}); {expected}"
+    label_col = "label" if "label" in names else "cls"
+    checks = ((image_column, _is_binary, "binary"), ("key", lambda t: _is_text(t) or pa.types.is_integer(t), "string"),
+              (label_col, pa.types.is_integer, "an integer type (int64)"), ("ext", _is_text, "string"),
+              ("meta", _is_text, "string (json)"))
+    for name, ok, want in checks:
+        found = schema.get_all_field_indices(name)
+        if len(found) > 1:
+            return "bad_schema", f"column {name!r} appears {len(found)} times; {expected}"
+        if found and not ok(schema.field(found[0]).type):
+            return "bad_schema", f"column {name!r} is {schema.field(found[0]).type}, expected {want}; {expected}"
+    return None
+
+
+def unsafe_key(key: str) -> bool:
+    """A key that would become an escaping member name in the tars we write (absolute, ``..``, NUL)."""
+    return key.startswith("/") or ".." in key.split("/") or "\0" in key
+
+
+def clean_ext(ext: Any) -> str:
+    """A file extension we can put in a member name (short, alphanumeric), else "" (sniffed later)."""
+    text = str(ext or "")
+    return text.lower() if text.isascii() and text.isalnum() and len(text) <= 8 else ""
+
+
 def iter_parquet_samples(uri: str, image_column: str = "image", batch_rows: int = 256) -> Iterator[dict[str, Any]]:
     """Stream the rows of one parquet shard in the sample-row schema (``SAMPLE_COLUMNS``).
 
     Optional columns: ``key`` (else ``<file stem>/<row>``), ``label`` or
     ``cls`` (else -1), ``ext`` (else sniffed from the bytes), ``meta``. A null
     image is a ``no_image_member`` row; a file that is not parquet or breaks
-    mid-way ends with a ``<uri>#truncated`` row, as a broken tar does.
+    mid-way ends with a ``<uri>#truncated`` row, as a broken tar does. Columns
+    of the wrong type make one ``<uri>#schema`` row (``parquet_schema_problem``);
+    a label outside int64, metadata that is not json and a key that would escape
+    a tar (``../``, absolute) are per-row ``bad_label`` / ``bad_meta`` / ``unsafe_path``.
     Reads ``batch_rows`` rows at a time, so memory does not grow with the file.
     """
     stem = PurePosixPath(str(uri).split("://", 1)[-1]).stem
@@ -164,10 +219,10 @@ def iter_parquet_samples(uri: str, image_column: str = "image", batch_rows: int 
         with open_input_file(uri) as handle:
             pf = pq.ParquetFile(handle)
             names = set(pf.schema_arrow.names)
-            if image_column not in names:
+            problem = parquet_schema_problem(pf.schema_arrow, image_column)
+            if problem is not None:
                 yield {"key": f"{uri}#schema", "image": None, "ext": "", "label": -1,
-                       "meta": json.dumps({"error": f"no column {image_column!r}; columns: {sorted(names)}"}),
-                       "source": str(uri), "read_error": "no_image_column"}
+                       "meta": json.dumps({"error": problem[1]}), "source": str(uri), "read_error": problem[0]}
                 return
             label_col = "label" if "label" in names else ("cls" if "cls" in names else None)
             wanted = [c for c in ("key", "ext", "meta") if c in names] + [image_column] + ([label_col] if label_col else [])
@@ -175,17 +230,21 @@ def iter_parquet_samples(uri: str, image_column: str = "image", batch_rows: int 
                 cols = batch.to_pydict()
                 for i in range(batch.num_rows):
                     image = cols[image_column][i]
-                    ext = cols["ext"][i] if "ext" in cols and cols["ext"][i] else (sniff_image_ext(image or b"") or "")
+                    image = bytes(image) if image is not None else None
+                    ext = clean_ext(cols["ext"][i] if "ext" in cols else "") or (sniff_image_ext(image or b"") or "")
                     label = cols[label_col][i] if label_col else -1
-                    yield {
-                        "key": cols["key"][i] if "key" in cols and cols["key"][i] else f"{stem}/{row:09d}",
-                        "image": image,
-                        "ext": ext,
-                        "label": int(label) if label is not None else -1,
-                        "meta": (cols["meta"][i] or "") if "meta" in cols else "",
-                        "source": str(uri),
-                        "read_error": "" if image is not None else "no_image_member",
-                    }
+                    label = -1 if label is None else int(label)
+                    key = cols["key"][i] if "key" in cols and cols["key"][i] not in (None, "") else f"{stem}/{row:09d}"
+                    meta, error = "", "" if image is not None else "no_image_member"
+                    if "meta" in cols and cols["meta"][i]:
+                        meta, meta_ok = normalize_meta(cols["meta"][i])
+                        error = error or ("" if meta_ok else "bad_meta")
+                    if not INT64_MIN <= label <= INT64_MAX:
+                        label, error = -1, error or "bad_label"
+                    if unsafe_key(str(key)):
+                        error = "unsafe_path"
+                    yield {"key": str(key), "image": image if not error else None, "ext": ext, "label": label,
+                           "meta": meta, "source": str(uri), "read_error": error}
                     row += 1
     except (OSError, ValueError) as exc:  # pyarrow raises ArrowInvalid (a ValueError) for a bad footer
         yield {"key": f"{uri}#truncated", "image": None, "ext": "", "label": -1,
@@ -267,6 +326,34 @@ def decode_batch(batch: dict[str, np.ndarray], size: int, channels: int) -> dict
     return {"key": np.array(keys, dtype=object), "image": np.stack(images), "label": np.array(labels, np.int64)}
 
 
+#: rows decoded at a time inside a read task: bounds the PIL/numpy working set of one task
+DECODE_ROWS = 256
+
+
+def decode_shards(batch: dict[str, np.ndarray], size: int, channels: int, rows_per_batch: int = DECODE_ROWS,
+                  image_column: str = "image", env: dict[str, str] | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Ray Data UDF: a batch of shard uris in, decoded batches (``decode_batch``) out; read and
+    decode in one task per shard."""
+    for rows in expand_shards(batch, rows_per_batch, image_column, env):
+        yield decode_batch(rows, size, channels)
+
+
 def read_decoded(paths: str | Sequence[str], size: int, channels: int) -> ray.data.Dataset:
-    """Shards -> Dataset of {key, image uint8 [size,size,C], label}, the training feed."""
-    return read_shards(paths).map_batches(decode_batch, batch_size=256, fn_kwargs={"size": size, "channels": channels})
+    """Shards -> Dataset of {key, image uint8 [size,size,C], label}, the training feed.
+
+    One Ray task per shard that reads *and* decodes (``decode_shards``), so memory does not grow
+    with the number of shards. Not ``read_shards(...).map_batches(decode_batch, batch_size=256)``:
+    Ray Data fuses the two maps and gives the fused task ``batch_size`` rows of *its input*, i.e.
+    256 shard paths per task; one task then decoded every shard of a run of <= 256 shards, its
+    output was coalesced into blocks of up to ``DataContext.target_max_block_size`` (128 MiB)
+    before anything reached the consumer, and those blocks filled (and spilled) the object store
+    and the driver: peak memory grew with N up to that size (issue #3, ``bench/ingest.py``).
+    Keep it so: a ``map_batches(..., batch_size=B)`` chained right after this one would fuse and
+    bundle B shards per task again.
+    """
+    uris = expand_uris(paths)
+    if not uris:
+        raise ValueError("no shards to read")
+    ds = ray.data.from_items([{"path": p} for p in uris], override_num_blocks=len(uris))
+    return ds.map_batches(decode_shards, batch_size=1,
+                          fn_kwargs={"size": size, "channels": channels, "env": storage_env()})

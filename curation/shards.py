@@ -40,9 +40,18 @@ class Sample:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+def safe_member_name(name: str) -> str:
+    """A tar member name as valid UTF-8 text: bytes that are not UTF-8 become ``\\xNN`` escapes.
+
+    tarfile decodes such bytes to lone surrogates, which no parquet/arrow string
+    column accepts; escaping keeps the sample under a stable, printable key.
+    """
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _split_member_name(name: str) -> tuple[str, str]:
     """webdataset convention: key = path up to the first dot of the basename."""
-    directory, base = os.path.split(name)
+    directory, base = os.path.split(safe_member_name(name))
     stem, _, ext = base.partition(".")
     key = f"{directory}/{stem}" if directory else stem
     return key, ext.lower()
@@ -133,6 +142,22 @@ def write_shards(samples: Iterable[Sample], dest: str | Path, shard_size: int, p
     return paths
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def normalize_meta(raw: bytes | str) -> tuple[str, bool]:
+    """(canonical json text, ok) for a sample's metadata; ("", False) when it is not usable json.
+
+    Deeply nested json (``[[[[...``) exhausts the parser's recursion limit: that is bad
+    metadata, not a reason to crash the read task.
+    """
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        return json.dumps(json.loads(text), sort_keys=True), True
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return "", False
+
+
 def _finish(key: str, parts: dict[str, bytes], source: str) -> dict[str, Any]:
     """Turn the members of one sample into a row; problems become a ``read_error``."""
     image_ext = next((e for e in IMAGE_EXTENSIONS if e in parts), None)
@@ -141,13 +166,14 @@ def _finish(key: str, parts: dict[str, bytes], source: str) -> dict[str, Any]:
     if "cls" in parts:
         try:
             label = int(parts["cls"].decode("ascii").strip())
+            if not INT64_MIN <= label <= INT64_MAX:  # labels are an int64 column everywhere downstream
+                label, error = -1, "bad_label"
         except (UnicodeDecodeError, ValueError):
             error = "bad_label"
     meta = ""
     if "json" in parts:
-        try:
-            meta = json.dumps(json.loads(parts["json"].decode("utf-8")), sort_keys=True)
-        except (UnicodeDecodeError, ValueError):
+        meta, meta_ok = normalize_meta(parts["json"])
+        if not meta_ok:
             error = error or "bad_meta"
     if image_ext is None:
         error = "no_image_member"
@@ -210,7 +236,7 @@ def iter_tar_samples(fileobj: IO[bytes], source: str) -> Iterator[dict[str, Any]
     parts: dict[str, bytes] = {}
     recorder = _TailRecorder(fileobj)
     try:
-        with tarfile.open(fileobj=recorder, mode="r|*") as tar:  # type: ignore[call-overload]
+        with tarfile.open(fileobj=recorder, mode="r|*", encoding="utf-8") as tar:  # type: ignore[call-overload]
             for member in tar:
                 key, ext = _split_member_name(member.name)
                 if member.isdir():
@@ -223,8 +249,8 @@ def iter_tar_samples(fileobj: IO[bytes], source: str) -> Iterator[dict[str, Any]
                         kind = "special_member"
                     else:
                         kind = "unsafe_path"
-                    yield {"key": f"{source}#{member.name}", "image": None, "ext": ext, "label": -1, "meta": "",
-                           "source": source, "read_error": kind}
+                    yield {"key": f"{source}#{safe_member_name(member.name)}", "image": None, "ext": ext, "label": -1,
+                           "meta": "", "source": source, "read_error": kind}
                     continue
                 if key != current_key:
                     if current_key is not None:
@@ -281,7 +307,8 @@ def scan_tar_index(fileobj: IO[bytes], source: str) -> Iterator[dict[str, Any]]:
     a re-shard: only labels and metadata are kept in memory, the images are
     range-read later in key order. Same safety rules as ``iter_tar_samples``:
     links, special members and escaping names become error rows; pickles are
-    skipped unread.
+    skipped unread. A compressed tar (gzip, bz2, xz) is one ``<source>#compressed``
+    row, ``compressed_shard``: offsets into its uncompressed stream cannot be range-read.
     """
     current: dict[str, Any] | None = None
 
@@ -291,7 +318,14 @@ def scan_tar_index(fileobj: IO[bytes], source: str) -> Iterator[dict[str, Any]]:
         return row
 
     try:
-        with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+        with tarfile.open(fileobj=fileobj, mode="r|*", encoding="utf-8") as tar:
+            comptype = getattr(tar.fileobj, "comptype", "tar")
+            if comptype != "tar":  # offsets would be into the uncompressed stream: no range read can use them
+                yield {"key": f"{source}#compressed", "ext": "", "label": -1, "source": source, "offset": -1,
+                       "size": 0, "read_error": "compressed_shard", "meta": json.dumps({"error": (
+                           f"{comptype}-compressed tar: images cannot be range-read from it; decompress it first "
+                           f"(e.g. gunzip -k) or give it to curation directly, which streams it")})}
+                return
             for member in tar:
                 if member.isdir():
                     continue
@@ -300,8 +334,8 @@ def scan_tar_index(fileobj: IO[bytes], source: str) -> Iterator[dict[str, Any]]:
                 if not member.isfile() or unsafe_path:
                     kind = "link_member" if (member.issym() or member.islnk()) else (
                         "special_member" if not member.isfile() else "unsafe_path")
-                    yield {"key": f"{source}#{member.name}", "ext": ext, "label": -1, "meta": "", "source": source,
-                           "offset": -1, "size": 0, "read_error": kind}
+                    yield {"key": f"{source}#{safe_member_name(member.name)}", "ext": ext, "label": -1, "meta": "",
+                           "source": source, "offset": -1, "size": 0, "read_error": kind}
                     continue
                 if current is None or key != current["key"]:
                     if current is not None:
@@ -315,7 +349,8 @@ def scan_tar_index(fileobj: IO[bytes], source: str) -> Iterator[dict[str, Any]]:
                 elif ext in ("cls", "json"):
                     handle = tar.extractfile(member)
                     payload = handle.read() if handle is not None else b""
-                    parsed = _finish(key, {ext: payload}, source)
+                    # with an image part, _finish reports exactly the label/meta problem (else no_image_member)
+                    parsed = _finish(key, {ext: payload, "png": b""}, source)
                     if ext == "cls":
                         current["label"] = parsed["label"]
                     else:

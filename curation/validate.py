@@ -58,20 +58,29 @@ def check_image(data: bytes | None, rules: ValidationRules) -> ImageCheck:
         return ImageCheck("too_small", width, height)
     if max(width, height) / max(1, min(width, height)) > rules.max_aspect:
         return ImageCheck("extreme_aspect", width, height)
-    if im.mode not in ("L", "RGB"):
-        im = im.convert("RGB")
-    pixels = np.asarray(im)
+    try:
+        if im.mode not in ("L", "RGB"):
+            im = im.convert("RGB")
+        pixels = np.asarray(im)
+        gray = np.asarray(im.convert("L"))
+    except Exception:  # noqa: BLE001 - a mode PIL decodes but cannot convert is as unusable as a bad file
+        return ImageCheck("decode_error", width, height)
     # hash mode + shape + pixels: identical pixels in different files are exact duplicates
     digest = hashlib.sha256(f"{im.mode}{pixels.shape}".encode() + pixels.tobytes()).hexdigest()
-    gray = np.asarray(im.convert("L"))
     if float(gray.std()) < rules.min_pixel_std:
         return ImageCheck("low_variance", width, height, digest)
     return ImageCheck("ok", width, height, digest, gray)
 
 
-def decode_to_array(data: bytes, size: int, channels: int) -> np.ndarray:
-    """Decode and resize to ``size``x``size`` with ``channels`` (1 or 3): uint8 [size, size, channels]."""
+def decode_to_array(data: bytes, size: int, channels: int, max_pixels: int = ValidationRules.max_pixels) -> np.ndarray:
+    """Decode and resize to ``size``x``size`` with ``channels`` (1 or 3): uint8 [size, size, channels].
+
+    Raises ValueError, from the header alone, for images over ``max_pixels``: the
+    training and evaluation feeds may read shards that curation never saw.
+    """
     im = Image.open(io.BytesIO(data))
+    if im.size[0] * im.size[1] > max_pixels:
+        raise ValueError(f"image of {im.size[0]}x{im.size[1]} pixels is over the {max_pixels} pixel limit")
     im = im.convert("L" if channels == 1 else "RGB")
     if im.size != (size, size):
         im = im.resize((size, size), Image.BILINEAR)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from curation.errors import InputError
-from pipelines.config import RunConfig, config_from_dict
+from pipelines.config import ConfigError, RunConfig, config_from_dict
 from pipelines.models import build_method_from_config
 
 
@@ -30,13 +30,20 @@ def load_checkpoint(path: str | Path) -> tuple[RunConfig, dict[str, Any]]:
                          f"{str(exc).splitlines()[0][:160]})") from None
     if not isinstance(state, dict) or "method" not in state or "config" not in state:
         raise InputError(f"{path} is not an sslpipe checkpoint (no method weights and config inside)")
-    return config_from_dict(state["config"]), state
+    try:
+        return config_from_dict(state["config"]), state
+    except ConfigError as exc:
+        raise InputError(f"{path}: the config stored in this checkpoint is not valid: {exc}") from None
 
 
 def load_backbone_from_checkpoint(path: str | Path) -> tuple[RunConfig, torch.nn.Module]:
     cfg, state = load_checkpoint(path)
     method = build_method_from_config(cfg)
-    method.load_state_dict(state["method"])
+    try:
+        method.load_state_dict(state["method"])
+    except (RuntimeError, TypeError, AttributeError) as exc:  # weights of another model, or not a state dict
+        raise InputError(f"{path}: its weights do not match the model its config describes "
+                         f"({cfg.method.name} on {cfg.backbone.name}): {str(exc).splitlines()[-1].strip()[:200]}") from None
     return cfg, method.backbone
 
 

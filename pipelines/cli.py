@@ -11,9 +11,18 @@ import sys
 from pathlib import Path
 
 from curation.errors import InputError
+from curation.redact import redact, refuse_credentials
 from pipelines.config import ConfigError, load_config
 
 EXIT_USER_ERROR = 2
+#: a user error is one line of at most this many characters (a hostile config can make huge messages)
+MAX_MESSAGE = 2000
+
+
+def user_message(exc: BaseException) -> str:
+    """An error as one line for the terminal: uri credentials and secret env values masked, bounded length."""
+    text = " ".join(redact(exc).split())
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 15] + " ... (truncated)"
 
 
 def _add_run_options(p: argparse.ArgumentParser, config_required: bool = True) -> None:
@@ -98,6 +107,9 @@ def _run(args: argparse.Namespace, until: str) -> int:
         default = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
         config_path = str(default) if default.exists() else None
     cfg = load_config(config_path, overrides)
+    for location in (cfg.data.source, cfg.data.eval_source):  # before the run directory records the config
+        if location:
+            refuse_credentials(location)
     overwrite = args.overwrite or (args.verb == "demo" and not args.resume)
     run_pipeline(cfg, resume=args.resume, overwrite=overwrite, until=until)
     return 0
@@ -157,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return _run(args, getattr(args, "until", "report"))
     except (ConfigError, InputError) as exc:
-        print(f"sslpipe: error: {exc}", file=sys.stderr)
+        print(f"sslpipe: error: {user_message(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("sslpipe: interrupted; run again with --resume to continue", file=sys.stderr)

@@ -9,6 +9,7 @@ overrides from the command line go through the same checks.
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -326,6 +327,15 @@ def _check_levels(levels: list[int], key: str) -> None:
            "positive cluster counts, finest level first (non-increasing)")
 
 
+#: values quoted in errors are cut short: a YAML alias bomb expands to billions of elements
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 2, 6, 6, 80, 80
+
+
+def _short(value: Any) -> str:
+    return _SHORT.repr(value)
+
+
 def _describe(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
@@ -345,7 +355,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is Literal:
         if value in typing.get_args(tp) and type(value) in {type(a) for a in typing.get_args(tp)}:
             return value
-        raise ConfigError(f"config key '{key}': got {value!r}, must be {_describe(tp)}")
+        raise ConfigError(f"config key '{key}': got {_short(value)}, must be {_describe(tp)}")
     if origin in (Union, types.UnionType):
         if value is None and type(None) in typing.get_args(tp):
             return None
@@ -356,15 +366,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError:
                 pass
-        raise ConfigError(f"config key '{key}': got {value!r}, must be {_describe(tp)}")
+        raise ConfigError(f"config key '{key}': got {_short(value)}, must be {_describe(tp)}")
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"config key '{key}': got {value!r}, must be {_describe(tp)}")
+            raise ConfigError(f"config key '{key}': got {_short(value)}, must be {_describe(tp)}")
         (item,) = typing.get_args(tp)
         return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}': got {value!r}, must be {_describe(tp)}")
+            raise ConfigError(f"config key '{key}': got {_short(value)}, must be {_describe(tp)}")
         return _build(tp, value, key)
     if tp is bool:
         if isinstance(value, bool):
@@ -380,7 +390,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
     else:  # pragma: no cover - a field type this loader does not know is a programming error
         raise TypeError(f"unsupported config type {tp!r} at {key}")
-    raise ConfigError(f"config key '{key}': got {value!r} ({type(value).__name__}), must be {_describe(tp)}")
+    raise ConfigError(f"config key '{key}': got {_short(value)} ({type(value).__name__}), must be {_describe(tp)}")
 
 
 def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:

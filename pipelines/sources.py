@@ -15,6 +15,7 @@ import json
 import os
 from collections import Counter
 from contextlib import contextmanager
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
@@ -26,10 +27,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from curation.errors import InputError
-from curation.ingest import expand_uris, filesystem_for, join_uri, open_input, open_input_file
+from curation.ingest import (clean_ext, expand_uris, filesystem_for, join_uri, open_input, open_input_file,
+                             parquet_schema_problem, unsafe_key)
 from curation.planting import encode_png, plant_pool
-from curation.shards import (IMAGE_EXTENSIONS, Sample, list_shards, scan_tar_index, sniff_image_ext, write_parquet_stream,
-                             write_shard, write_tar_stream)
+from curation.redact import redact, refuse_credentials
+from curation.shards import (IMAGE_EXTENSIONS, INT64_MAX, INT64_MIN, Sample, list_shards, normalize_meta, scan_tar_index,
+                             sniff_image_ext, write_parquet_stream, write_shard, write_tar_stream)
 from pipelines.config import RunConfig
 
 DEMO_SOURCE = "mnist-demo"
@@ -154,19 +157,27 @@ def _plan_shards(src: str) -> tuple[list[_Entry], list[dict[str, Any]]]:
                 with open_input_file(uri) as handle:
                     pf = pq.ParquetFile(handle)
                     names = set(pf.schema_arrow.names)
-                    if "image" not in names:
-                        rejects.append({"key": f"{uri}#schema", "source": uri, "shard": "", "reason": "no_image_column"})
+                    problem = parquet_schema_problem(pf.schema_arrow)
+                    if problem is not None:  # names the column, its type and the expected schema
+                        rejects.append({"key": f"{uri}#schema", "source": uri, "shard": "", "reason": problem[0],
+                                        "detail": problem[1]})
                         continue
                     cols = [c for c in ("key", "label", "ext", "meta") if c in names]
                     stem, row = PurePosixPath(uri.split("://", 1)[-1]).stem, 0
                     for batch in pf.iter_batches(batch_size=4096, columns=cols or None):
                         d = batch.to_pydict()
                         for i in range(batch.num_rows):
-                            key = d["key"][i] if "key" in d and d["key"][i] else f"{stem}/{row:09d}"
+                            key = str(d["key"][i]) if "key" in d and d["key"][i] not in (None, "") else f"{stem}/{row:09d}"
                             label = d["label"][i] if "label" in d and d["label"][i] is not None else -1
-                            ext = d["ext"][i] if "ext" in d and d["ext"][i] else ""
-                            meta = d["meta"][i] if "meta" in d and d["meta"][i] else ""
-                            entries.append(_Entry(key, int(label), ext, meta, uri, "parquet", row))
+                            ext = clean_ext(d["ext"][i]) if "ext" in d else ""
+                            meta, meta_ok = normalize_meta(d["meta"][i]) if "meta" in d and d["meta"][i] else ("", True)
+                            reason = ("unsafe_path" if unsafe_key(key) else
+                                      "bad_label" if not INT64_MIN <= int(label) <= INT64_MAX else
+                                      "" if meta_ok else "bad_meta")
+                            if reason:
+                                rejects.append({"key": key, "source": uri, "shard": "", "reason": reason})
+                            else:
+                                entries.append(_Entry(key, int(label), ext, meta, uri, "parquet", row))
                             row += 1
             except (OSError, ValueError) as exc:
                 rejects.append({"key": f"{uri}#truncated", "source": uri, "shard": "", "reason": "truncated_shard",
@@ -181,11 +192,27 @@ def _plan_shards(src: str) -> tuple[list[_Entry], list[dict[str, Any]]]:
         with stream:
             for row in scan_tar_index(stream, uri):
                 if row["read_error"]:
-                    rejects.append({"key": row["key"], "source": uri, "shard": "", "reason": row["read_error"]})
+                    detail = json.loads(row["meta"])["error"] if row["meta"].startswith('{"error"') else ""
+                    rejects.append({"key": row["key"], "source": uri, "shard": "", "reason": row["read_error"],
+                                    "detail": detail})
                 else:
                     entries.append(_Entry(row["key"], row["label"], row["ext"], row["meta"], uri, "tar",
                                           row["offset"], row["size"]))
     return entries, rejects
+
+
+def _webdataset_key(e: _Entry) -> _Entry:
+    """A key a tar can carry: webdataset keys end at the first dot of the member's basename, so
+    ``IMG_1.final`` would be read back as ``IMG_1`` with extension ``final.jpg`` (no image).
+    Dots in the last path part become ``_``; the original key is kept in the metadata."""
+    head, _, base = e.key.rpartition("/")
+    if "." not in base:
+        return e
+    meta = json.loads(e.meta) if e.meta else {}
+    meta = meta if isinstance(meta, dict) else {"meta": meta}
+    meta.setdefault("source_key", e.key)
+    return dataclasses.replace(e, key=(head + "/" if head else "") + base.replace(".", "_"),
+                               meta=json.dumps(meta, sort_keys=True))
 
 
 def _dedupe(entries: list[_Entry]) -> tuple[list[_Entry], list[dict[str, Any]]]:
@@ -320,12 +347,16 @@ def shard_source(src: str, dest: str, shard_size: int, fmt: str = "webdataset", 
     """
     if fmt not in SHARD_FORMATS:
         raise InputError(f"unknown shard format {fmt!r}; use one of {', '.join(SHARD_FORMATS)}")
+    refuse_credentials(src)  # before anything is planned, listed or written (plan.json, summary.json keep src)
+    refuse_credentials(dest)
     if shard_size < 1:
         raise InputError("shard size must be >= 1")
     if _is_image_folder(src):
         entries, plan_rejects = _plan_folder(src, limit), []
     else:
         entries, plan_rejects = _plan_shards(src)
+    if fmt == "webdataset":
+        entries = [_webdataset_key(e) for e in entries]
     entries, dup_rejects = _dedupe(entries)
     plan_rejects += dup_rejects
     if limit and not _is_image_folder(src):
@@ -385,7 +416,7 @@ def shard_source(src: str, dest: str, shard_size: int, fmt: str = "webdataset", 
         f.write(json.dumps(summary, indent=2, sort_keys=True).encode())
     uris = [join_uri(dest, f"{root}/{n}") for n in names]
     rejected_text = ", ".join(f"{k} {v}" for k, v in by_reason.items()) or "none"
-    print(f"[shard] {index.num_rows} samples from {src} -> {len(names)} {fmt} shard(s) in {dest} "
+    print(f"[shard] {index.num_rows} samples from {redact(src)} -> {len(names)} {fmt} shard(s) in {redact(dest)} "
           f"({written} written now); rejected: {rejected_text}", flush=True)
     return ShardReport(uris, join_uri(dest, index_path), join_uri(dest, rejects_path), join_uri(dest, summary_path),
                        index.num_rows, by_reason)
@@ -393,6 +424,7 @@ def shard_source(src: str, dest: str, shard_size: int, fmt: str = "webdataset", 
 
 def resolve_location(location: str, dest: Path, cfg: RunConfig) -> list[str]:
     """Shards for a location: a shard directory, glob or tar as they are; an image folder is sharded into ``dest``."""
+    refuse_credentials(location)
     path = Path(os.path.expandvars(location)).expanduser()
     if "$" in str(path):
         raise InputError(f"{location!r} names an environment variable that is not set (e.g. export SSLPIPE_CIFAR10=...)")

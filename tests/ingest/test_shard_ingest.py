@@ -56,6 +56,16 @@ def test_parquet_output_reads_back_through_ray_with_the_same_rows(tmp_path: Path
     assert len(decoded) == len(files) and decoded[0]["image"].shape == (28, 28, 1)
 
 
+def test_read_decoded_is_one_task_and_one_small_block_per_shard(tmp_path: Path, digit_folder, ray_session) -> None:
+    # issue #3: read + decode as two fused map_batches gave one task 256 shard paths, so a run of
+    # <= 256 shards was decoded by one task into 128 MiB blocks and memory grew with N
+    root, files = digit_folder
+    report = shard_source(str(root), str(tmp_path / "out"), shard_size=25)
+    ds = read_decoded(report.paths, 28, 1).materialize()
+    assert ds.num_blocks() == len(report.paths) == 3
+    assert ds.count() == len(files) and sorted(r["key"] for r in ds.take_all()) == sorted(files)
+
+
 def test_bad_folder_inputs_are_counted_with_reasons_and_never_fatal(tmp_path: Path, digit_folder) -> None:
     root, files = digit_folder
     (root / "d0" / "empty.png").write_bytes(b"")
