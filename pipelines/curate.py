@@ -24,10 +24,10 @@ import ray
 
 from curation.embed import collect_embeddings, embed_dataset, random_conv_embedder
 from curation.exact_dedup import exact_duplicates
-from curation.ingest import open_input, read_shards
+from curation.ingest import iter_samples, read_shards
 from curation.inspect import inspect_batch
 from curation.manifest import MANIFEST_SCHEMA, check_conservation, reason_counts, write_table_atomic
-from curation.shards import Sample, iter_tar_samples, list_shards, write_shard
+from curation.shards import Sample, list_shards, write_shard
 from curation.validate import ValidationRules
 from pipelines.atomic import write_json_atomic
 from pipelines.config import CurateConfig
@@ -223,12 +223,11 @@ def _write_curated_shard(source: str, out_path: str, kept_keys: list[str]) -> in
         return -1
     wanted = set(kept_keys)
     samples = []
-    with open_input(source) as f:
-        for row in iter_tar_samples(f, source):
-            if row["key"] in wanted and not row["read_error"]:
-                wanted.discard(row["key"])  # a key repeated inside one shard is written once
-                meta = json.loads(row["meta"]) if row["meta"] else {}
-                samples.append(Sample(row["key"], row["image"], row["ext"], int(row["label"]), meta))
+    for row in iter_samples(source):  # tar or parquet input; curated shards are always tars
+        if row["key"] in wanted and not row["read_error"]:
+            wanted.discard(row["key"])  # a key repeated inside one shard is written once
+            meta = json.loads(row["meta"]) if row["meta"] else {}
+            samples.append(Sample(row["key"], row["image"], row["ext"] or "png", int(row["label"]), meta))
     write_shard(samples, out)
     return len(samples)
 
@@ -271,7 +270,8 @@ def curate(
     shard_dir = out_dir / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     write_task = ray.remote(num_cpus=1)(_write_curated_shard)
-    outputs = [str(shard_dir / Path(p).name) for p in paths]
+    # curated shards are tars whatever the input format (a parquet input shard becomes NAME.tar)
+    outputs = [str(shard_dir / (Path(p).stem + ".tar" if p.endswith(".parquet") else Path(p).name)) for p in paths]
     refs = [write_task.remote(p, o, kept_by_source[p]) for p, o in zip(paths, outputs) if kept_by_source[p]]
     ray.get(refs)
     curated = [o for p, o in zip(paths, outputs) if kept_by_source[p]]

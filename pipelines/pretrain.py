@@ -167,6 +167,40 @@ def _should_stop(stop: bool) -> bool:
     return bool(flag.item())
 
 
+class CheckpointRefused(ValueError):
+    """A checkpoint to resume from that a weights-only load refuses (pickled code, truncation)."""
+
+
+def _load_resume_state(path: Path) -> dict[str, Any]:
+    """Weights-only load of a checkpoint to resume from: a checkpoint is untrusted input."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickled code, truncation, not a torch file
+        raise CheckpointRefused(
+            f"cannot resume from {path}: a weights-only load refused it ({str(exc).splitlines()[0][:160]}); "
+            "remove that checkpoint directory to resume from an earlier one, or start over with --overwrite"
+        ) from None
+
+
+def _refused_checkpoint(exc: BaseException) -> CheckpointRefused | None:
+    """The CheckpointRefused inside a Ray Train failure, if that is what stopped it."""
+    seen: set[int] = set()
+    stack: list[Any] = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, CheckpointRefused):
+            return e
+        if "CheckpointRefused" in type(e).__name__ or "cannot resume from" in str(e):
+            line = next((l for l in str(e).splitlines() if "cannot resume from" in l), str(e))
+            return CheckpointRefused(line[line.index("cannot resume from"):] if "cannot resume from" in line else line)
+        stack.extend([e.__cause__, e.__context__, *getattr(e, "worker_failures", {}).values()]
+                     if isinstance(getattr(e, "worker_failures", None), dict) else [e.__cause__, e.__context__])
+    return None
+
+
 def train_loop(loop_config: dict[str, Any]) -> None:
     """Ray Train worker function: SSL pretraining of ``loop_config['config']``."""
     cfg = config_from_dict(loop_config["config"])
@@ -176,7 +210,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     torch.set_num_threads(tc.threads_per_worker or max(1, math.ceil(tc.cpus_per_worker)))
 
     local_batch = tc.batch_size // world
+    t_load = time.time()
     images, labels = _load_local_shard(local_batch)
+    load_seconds = time.time() - t_load  # reading + decoding this worker's shard (Ray Data)
     method = build_method_from_config(cfg, num_samples=len(images) * world)
     needs_index = forward_takes_index(method)
     recipe = view_recipe(cfg)
@@ -189,7 +225,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     ckpt = ray.train.get_checkpoint() or (_latest_local_checkpoint(local_dir) if local_dir else None)
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+            state = _load_resume_state(Path(d) / CHECKPOINT_FILE)
         method.load_state_dict(state["method"])
         opt.load_state_dict(state["optimizer"])
         start_epoch, step, history = state["epoch"], state["step"], list(state["history"])
@@ -269,6 +305,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             "lr": lr,
             "images_per_s": epoch_steps * tc.batch_size / seconds,
             "epoch_seconds": seconds,
+            "data_load_seconds": load_seconds,  # once per (re)start, before the first epoch
             "active_samples": int(len(active)) * world,
             "resumes": resumes,  # how often this run restarted from a checkpoint (worker loss, re-run)
             "nodes": nodes,
@@ -359,7 +396,15 @@ def pretrain(
         datasets={"train": dataset, **({"val": val_dataset} if val_dataset is not None else {})},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # noqa: BLE001 - a refused checkpoint becomes one clear line, not a Ray traceback
+        refused = _refused_checkpoint(exc)
+        if refused is None:
+            raise
+        from curation.errors import InputError
+
+        raise InputError(str(refused)) from None
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
     final = run_dir / "checkpoint.pt"

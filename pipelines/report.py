@@ -22,8 +22,7 @@ import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from curation.ingest import open_input  # noqa: E402
-from curation.shards import iter_tar_samples  # noqa: E402
+from curation.ingest import iter_samples  # noqa: E402
 from pipelines.atomic import write_json_atomic, write_text_atomic  # noqa: E402
 
 
@@ -80,14 +79,15 @@ def removed_grid(manifest_path: Path, per_reason: int = 8) -> str | None:
     sources = {r["source"] for r in table.to_pylist() if r["key"] in wanted}
     found: dict[str, bytes] = {}
     for src in sorted(sources):
-        with open_input(src) as f:
-            for row in iter_tar_samples(f, src):
-                if row["key"] in wanted and row["image"]:
-                    found[row["key"]] = row["image"]
+        for row in iter_samples(src):
+            if row["key"] in wanted and row["image"]:
+                found[row["key"]] = row["image"]
 
     def pixels(key: str) -> np.ndarray | None:
         try:
             im = Image.open(io.BytesIO(found[key]))
+            if im.size[0] * im.size[1] > 4_000_000:  # a decompression bomb is shown as text, never decoded
+                return None
             return np.asarray(im.convert("L" if im.mode in ("L", "1", "I", "I;16") else "RGB"))
         except Exception:  # noqa: BLE001 - corrupt images are exactly what this grid shows
             return None

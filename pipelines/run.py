@@ -91,6 +91,11 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
 
     if until not in STAGES:
         raise InputError(f"unknown stage {until!r}; choose one of {', '.join(STAGES)}")
+    from curation.redact import refuse_credentials
+
+    for uri in (cfg.data.source, cfg.data.eval_source, cfg.run_dir):
+        if uri:  # before anything (config.yaml, stage records) could copy a secret to disk
+            refuse_credentials(str(uri))
     t_run = time.time()
     run = prepare_run_dir(cfg, resume, overwrite)
     stop_after = STAGES.index(until)

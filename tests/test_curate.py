@@ -102,3 +102,23 @@ def test_truncated_shard_is_recorded(ray_session, tmp_path: Path, mnist_digits) 
     assert reasons["truncated_shard"] == 1
     assert reasons["ok"] >= 5
     assert json.loads(result.summary_path.read_text())["reasons"]["truncated_shard"] == 1
+
+
+def test_parquet_input_is_curated_into_tar_shards_with_every_kept_sample(ray_session, planted, curated,
+                                                                         tmp_path: Path) -> None:
+    """Parquet shards in, the same decisions as for tars, and the kept samples really written (as tars)."""
+    from pipelines.sources import shard_source
+
+    shards, samples = planted
+    shard_source("{" + ",".join(shards) + "}", str(tmp_path / "pq"), 150, fmt="parquet")
+    pq_shards = sorted(str(p) for p in (tmp_path / "pq").glob("shard-*.parquet"))
+    assert pq_shards
+    result = curate(pq_shards, tmp_path / "out", CurateConfig(near_dedup_max_hamming=1))
+    manifest = pq.read_table(result.manifest_path)
+    kept = {k for k, flag in zip(manifest.column("key").to_pylist(), manifest.column("kept").to_pylist()) if flag}
+    assert all(p.endswith(".tar") for p in result.shard_paths)
+    written = [row["key"] for p in result.shard_paths for row in iter_tar_samples(open(p, "rb"), p)]
+    assert sorted(written) == sorted(kept) and len(kept) == result.summary["kept"] > 0
+    tar_result, _ = curated  # the tar run of the same pool kept the same keys
+    tar_manifest = pq.read_table(tar_result.manifest_path)
+    assert kept == {k for k, f in zip(tar_manifest.column("key").to_pylist(), tar_manifest.column("kept").to_pylist()) if f}

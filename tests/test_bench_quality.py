@@ -1,0 +1,97 @@
+"""bench/quality.py compares like with like: the same recipe, the same views, the same images.
+
+No training here (a ResNet-18 step takes seconds on 2 cores); the bench itself is run by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def quality():
+    spec = importlib.util.spec_from_file_location("bench_quality", REPO / "bench" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _args(**kw) -> argparse.Namespace:
+    base = {"epochs": 1, "batch": 256, "seed": 0, "sslpipe_workers": 2, "train_images": 0}
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_sslpipe_config_is_lightlys_cifar10_recipe(quality, tmp_path: Path) -> None:
+    cfg = quality.sslpipe_config(tmp_path, _args(epochs=3, batch=512))
+    assert (cfg.backbone.name, cfg.backbone.cifar_stem, cfg.method.name) == ("resnet18", True, "simclr")
+    assert (cfg.method.temperature, cfg.method.proj_hidden_dim, cfg.method.proj_dim) == (0.5, 512, 128)
+    t = cfg.train
+    assert (t.optimizer, t.lr, t.weight_decay, t.batch_size, t.epochs) == ("sgd", 0.06 * 512 / 128, 5e-4, 512, 3)
+    assert (t.warmup_epochs, t.schedule, t.precision, t.grad_accum_steps) == (0, "warmup_cosine", "fp32", 1)
+    assert t.knn_monitor_every == 0 and cfg.dynamic.policy == "none"
+
+
+def test_both_systems_draw_views_from_the_same_distributions(quality, tmp_path: Path) -> None:
+    """lightly's SimCLRTransform and the torchvision pipeline sslpipe's batched views claim to match."""
+    from pipelines.models import view_recipe
+    from ssl_models.augment import torchvision_recipe
+
+    def describe(steps) -> dict:
+        out = {}
+        for step in steps:
+            name = type(step).__name__
+            if name == "RandomResizedCrop":
+                out["crop"] = (tuple(step.size), tuple(step.scale), tuple(round(r, 4) for r in step.ratio))
+            elif name == "RandomHorizontalFlip":
+                out["hflip"] = step.p
+            elif name == "RandomVerticalFlip":
+                out["vflip"] = step.p
+            elif name == "RandomApply":
+                (jitter,) = step.transforms
+                out["jitter_p"] = step.p
+                out["jitter"] = tuple(tuple(round(v, 4) for v in getattr(jitter, k))
+                                      for k in ("brightness", "contrast", "saturation", "hue"))
+            elif name == "RandomGrayscale":
+                out["gray"] = step.p
+            elif name == "GaussianBlur":  # lightly's own class: a probability
+                out["blur"] = step.prob
+            elif name == "RandomRotate":
+                out["rotate"] = step.prob
+        return out
+
+    lightly_views = quality.lightly_transform()
+    assert len(lightly_views.transforms) == 2
+    theirs = describe(lightly_views.transforms[0].transform.transforms)
+    ours = describe(torchvision_recipe(view_recipe(quality.sslpipe_config(tmp_path, _args()))).transforms)
+    assert theirs.pop("vflip") == 0.0 and theirs.pop("rotate") == 0.0 and theirs.pop("blur") == 0.0
+    assert theirs == ours
+    assert ours["jitter"] == ((0.6, 1.4), (0.6, 1.4), (0.6, 1.4), (-0.1, 0.1))
+
+
+def test_train_subset_is_the_same_images_for_both(quality, tmp_path: Path) -> None:
+    from torchvision.datasets import ImageFolder
+
+    from pipelines.sources import shard_source
+
+    root = tmp_path / "train"
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog", "frog"):
+        (root / c).mkdir(parents=True)
+        for i in range(7):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / c / f"{i:04d}.jpg")
+    picked = quality.pick_images(root, 10)
+    report = shard_source(str(root), str(tmp_path / "shards"), 4, "webdataset", limit=10)
+    import pyarrow.parquet as pq
+
+    assert sorted(pq.read_table(report.index_path).column("key").to_pylist()) == sorted(k for _, _, k in picked)
+    folder = ImageFolder(str(root))  # what the lightly loop indexes into
+    where = {Path(p).resolve(): (i, y) for i, (p, y) in enumerate(folder.samples)}
+    assert [where[Path(p).resolve()][1] for p, _, _ in picked] == [y for _, y, _ in picked]
