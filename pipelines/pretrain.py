@@ -214,6 +214,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     images, labels = _load_local_shard(local_batch)
     load_seconds = time.time() - t_load  # reading + decoding this worker's shard (Ray Data)
     method = build_method_from_config(cfg, num_samples=len(images) * world)
+    memory_format = (torch.channels_last if tc.channels_last and not cfg.backbone.name.startswith("vit")
+                     else torch.contiguous_format)
+    method = method.to(memory_format=memory_format)  # parameters keep their identity (optimizer below)
     needs_index = forward_takes_index(method)
     recipe = view_recipe(cfg)
     if tc.sync_batchnorm and world > 1:
@@ -281,7 +284,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             step_loss = 0.0
             for j in range(tc.grad_accum_steps):
                 chunk = batch[j * micro : (j + 1) * micro]
-                views = [augment_batch(chunk, recipe, gen) for _ in range(_unwrap(model).num_views)]
+                views = [augment_batch(chunk, recipe, gen).contiguous(memory_format=memory_format)
+                         for _ in range(_unwrap(model).num_views)]
                 # DDP all-reduces only on the last micro-batch; earlier ones just accumulate locally
                 sync = model.no_sync() if (j + 1 < tc.grad_accum_steps and hasattr(model, "no_sync")) else nullcontext()
                 with sync, autocast:
