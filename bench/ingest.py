@@ -135,7 +135,9 @@ def make_shards(cifar: Path, out: Path, n: int) -> list[str]:
 
 #: Ray's object store is one shared mapping whose pages stay resident once touched, so the
 #: tree's memory grows until the store is full: a small store makes "bounded" reach its plateau
-#: within the 10k run, and Ray Data's backpressure keeps the stream inside it
+#: within the 10k run, and Ray Data's backpressure keeps the stream inside it. ``read_decoded``
+#: makes one ~3 MB block per 1000-image shard, so 160 MiB holds dozens without spilling (before
+#: issue #3's fix one task decoded all shards into 128 MiB blocks: spill workers at 50k)
 OBJECT_STORE_MIB = int(os.environ.get("SSLPIPE_BENCH_OBJECT_STORE_MIB", "160"))
 
 

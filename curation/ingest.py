@@ -24,7 +24,7 @@ import fnmatch
 import json
 import os
 from pathlib import PurePosixPath
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -336,6 +336,28 @@ def decode_shards(batch: dict[str, np.ndarray], size: int, channels: int, rows_p
     decode in one task per shard."""
     for rows in expand_shards(batch, rows_per_batch, image_column, env):
         yield decode_batch(rows, size, channels)
+
+
+def map_shards(paths: str | Sequence[str], udf: Callable[..., dict[str, np.ndarray]],
+               fn_kwargs: dict[str, Any] | None = None, rows_per_batch: int = DECODE_ROWS,
+               image_column: str = "image") -> ray.data.Dataset:
+    """``udf`` over every shard's sample rows, one Ray task per shard (read + ``udf`` on chunks of
+    ``rows_per_batch`` rows), so shards are processed in parallel across the cluster and each
+    task's output stays one small block. See ``read_decoded`` for why a plain
+    ``read_shards(...).map_batches(udf, batch_size=B)`` must not be used: it fuses into tasks of
+    B shards each (no parallelism below B shards, blocks up to 128 MiB)."""
+    uris = expand_uris(paths)
+    if not uris:
+        raise ValueError("no shards to read")
+    kwargs = dict(fn_kwargs or {})
+
+    def per_shard(batch: dict[str, np.ndarray], env: dict[str, str] | None = None) -> Iterator[dict[str, np.ndarray]]:
+        for rows in expand_shards(batch, rows_per_batch, image_column, env):
+            yield udf(rows, **kwargs)
+
+    per_shard.__name__ = per_shard.__qualname__ = f"{udf.__name__}_per_shard"  # the Ray task/process title
+    ds = ray.data.from_items([{"path": p} for p in uris], override_num_blocks=len(uris))
+    return ds.map_batches(per_shard, batch_size=1, fn_kwargs={"env": storage_env()})
 
 
 def read_decoded(paths: str | Sequence[str], size: int, channels: int) -> ray.data.Dataset:

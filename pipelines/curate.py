@@ -24,7 +24,7 @@ import ray
 
 from curation.embed import collect_embeddings, embed_dataset, random_conv_embedder
 from curation.exact_dedup import exact_duplicates
-from curation.ingest import iter_samples, read_shards
+from curation.ingest import iter_samples, map_shards
 from curation.inspect import inspect_batch
 from curation.manifest import MANIFEST_SCHEMA, check_conservation, reason_counts, write_table_atomic
 from curation.shards import Sample, list_shards, write_shard
@@ -44,8 +44,7 @@ class CurationResult:
 
 
 def _collect_metadata(paths: list[str], rules: ValidationRules, shift_robust: int = 0) -> pa.Table:
-    ds = read_shards(paths).map_batches(inspect_batch, batch_size=256,
-                                        fn_kwargs={"rules": rules, "shift_robust": shift_robust})
+    ds = map_shards(paths, inspect_batch, {"rules": rules, "shift_robust": shift_robust}, rows_per_batch=256)
     tables = [t for t in ds.iter_batches(batch_format="pyarrow", batch_size=None) if t.num_rows]
     if not tables:
         raise ValueError(f"the shards hold no samples: {paths[:3]}")
@@ -126,7 +125,7 @@ def _embeddings(paths: list[str], keys: list[str], out_dir: Path, cfg: CurateCon
         return np.load(cache)
     print(f"[curate] embedding {len(keys)} images ({cfg.embedder}, {cfg.embed_actors} actor(s))", flush=True)
     wanted = frozenset(keys)
-    ds = read_shards(paths).map_batches(_keep_keys, fn_kwargs={"keys": wanted}, batch_size=1024)
+    ds = map_shards(paths, _keep_keys, {"keys": wanted}, rows_per_batch=1024)
     # images are embedded as RGB (grayscale replicated), so one embedder serves every data set
     got_keys, emb = collect_embeddings(embed_dataset(ds, factory, cfg.embed_size, 3, cfg.embed_actors))
     position = {k: i for i, k in enumerate(got_keys)}  # a key repeated in a shard is embedded twice: keep one
