@@ -22,7 +22,6 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from curation.embed import collect_embeddings, embed_dataset, random_conv_embedder
 from curation.exact_dedup import exact_duplicates
 from curation.ingest import iter_samples, map_shards
 from curation.inspect import inspect_batch
@@ -127,6 +126,8 @@ def _embeddings(paths: list[str], keys: list[str], out_dir: Path, cfg: CurateCon
     wanted = frozenset(keys)
     ds = map_shards(paths, _keep_keys, {"keys": wanted}, rows_per_batch=1024)
     # images are embedded as RGB (grayscale replicated), so one embedder serves every data set
+    from curation.embed import collect_embeddings, embed_dataset  # torch: only when embedding
+
     got_keys, emb = collect_embeddings(embed_dataset(ds, factory, cfg.embed_size, 3, cfg.embed_actors))
     position = {k: i for i, k in enumerate(got_keys)}  # a key repeated in a shard is embedded twice: keep one
     emb = emb[[position[k] for k in keys]]
@@ -253,6 +254,8 @@ def curate(
     manifest = decide(meta, cfg)
     stage_info: dict[str, Any] = {}
     if cfg.semdedup_clusters > 0 or cfg.balance_fraction < 1:
+        from curation.embed import random_conv_embedder  # torch is imported only when an embedding stage is on
+
         manifest, stage_info = semantic_stages(manifest, paths, out_dir, cfg, embedder_factory or random_conv_embedder,
                                                seed)
     check_conservation(manifest.column("key").to_pylist(), manifest)
