@@ -19,6 +19,14 @@ cluster identities evolve smoothly and the run is cheap) rather than from a
 fresh seeding; the centroid set is replaced by the sample's k-means result.
 Every point's assignment at level t is the level-t cluster of its level-(t-1)
 cluster, so the hierarchy is a tree by construction.
+
+Cost (what makes N = 1M feasible on 2 cores): at level 1 the first fit trains
+``niter`` Lloyd iterations on at most ``max_points_per_centroid * k`` points
+(256k for k=1000), so it stops growing with N beyond that; each resampling
+step trains on at most ``r * k`` points (20k) and then assigns all N points
+once (one exact batched flat search, about 3 s per 1M x 1000 x 128 on 2
+cores).  Levels >= 2 cluster ``k_{t-1}`` centroids and cost nothing.  So a
+level costs one bounded fit plus ``1 + resampling_steps`` linear passes.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 import numpy as np
 
 from curation.kmeans import fit_kmeans, l2_normalize
-from curation.semdedup import semdedup, semdedup_cluster
+from curation.semdedup import semdedup, semdedup_cluster, semdedup_from_clusters
 
 
 def _data(seed: int = 0, n: int = 2000, d: int = 48, n_copies: int = 300):
@@ -80,3 +80,72 @@ def test_greedy_chain_and_blocking() -> None:
     assert (ref >= 0).sum() > 40
     for blk in (1, 7, 64):
         assert np.array_equal(semdedup_cluster(y, 0.98, block=blk), ref)
+
+
+def _greedy_reference(x: np.ndarray, threshold: float) -> np.ndarray:
+    """The rule, written the slow obvious way: visit j in order; j is removed iff
+    its best cosine to an earlier *kept* point exceeds ``threshold``, and then
+    points at that best kept point (the earliest one on ties)."""
+    sim = x @ x.T
+    kept: list[int] = []
+    dup = np.full(len(x), -1, dtype=np.int64)
+    for j in range(len(x)):
+        if kept:
+            s = sim[kept, j]
+            p = int(np.argmax(s))
+            if s[p] > threshold:
+                dup[j] = kept[p]
+                continue
+        kept.append(j)
+    return dup
+
+
+def _redundant_cluster(seed: int, n_base: int = 150, d: int = 32) -> np.ndarray:
+    """Unit vectors with groups of 1-5 near-copies, shuffled so that groups
+    straddle block boundaries."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(n_base, d))
+    reps = rng.integers(1, 6, n_base)
+    x = np.repeat(base, reps, axis=0) + 0.02 * rng.normal(size=(reps.sum(), d))
+    return l2_normalize(x[rng.permutation(len(x))])
+
+
+def test_cluster_pass_matches_reference_for_any_block() -> None:
+    for seed in range(3):
+        x = _redundant_cluster(seed)
+        ref = _greedy_reference(x, 0.98)
+        assert 100 < (ref >= 0).sum() < len(x) - 100
+        for blk in (1, 2, 7, 64, 100, 10_000):
+            assert np.array_equal(semdedup_cluster(x, 0.98, block=blk), ref), (seed, blk)
+
+
+def test_target_is_best_kept_point_across_blocks() -> None:
+    thr = float(np.cos(np.deg2rad(7.0)))
+    # row 2 is removed (dup of row 0), so row 3 must point at row 0 even
+    # though row 2 is closer: only kept points are targets
+    th = np.deg2rad([0.0, 40.0, 5.0, 6.0])
+    x = np.stack([np.cos(th), np.sin(th)], axis=1).astype(np.float32)
+    expected = [-1, -1, 0, 0]
+    assert _greedy_reference(x, thr).tolist() == expected
+    for blk in (1, 2, 3, 4):
+        assert semdedup_cluster(x, thr, block=blk).tolist() == expected
+    # now row 2 is kept (8 degrees from row 0) and is the best match of row 3;
+    # row 0, in an earlier block for block=2, is above the threshold too
+    th = np.deg2rad([0.0, 40.0, 8.0, 6.0])
+    x = np.stack([np.cos(th), np.sin(th)], axis=1).astype(np.float32)
+    expected = [-1, -1, -1, 2]
+    assert _greedy_reference(x, thr).tolist() == expected
+    for blk in (1, 2, 3, 4):
+        assert semdedup_cluster(x, thr, block=blk).tolist() == expected
+
+
+def test_threads_do_not_change_result() -> None:
+    x, _ = _data(seed=2)
+    xn = l2_normalize(x)
+    cents, lab = fit_kmeans(xn, 8, spherical=True, niter=10, seed=0)
+    ranks = np.arange(len(x))
+    one = semdedup_from_clusters(xn, cents, lab, 0.01, ranks, threads=1)
+    assert (one >= 0).sum() > 0
+    for t in (2, 3):
+        assert np.array_equal(semdedup_from_clusters(xn, cents, lab, 0.01, ranks, threads=t), one)
+    assert np.array_equal(semdedup(x, k=8, eps=0.01, seed=0, threads=1), semdedup(x, k=8, eps=0.01, seed=0, threads=2))
