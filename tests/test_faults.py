@@ -97,7 +97,8 @@ from pipelines.curate import curate
 from tests.faults import find_worker, kill_when_running
 
 out, paths, overrides = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
-cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "object_store_memory": 200 * 1024**2})
+# one CPU on the head, two on the second node: most curation tasks must run on the node we remove
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 200 * 1024**2})
 worker = cluster.add_node(num_cpus=2, object_store_memory=200 * 1024**2)
 ray.init(address=cluster.address, logging_level="WARNING")
 cluster.wait_for_nodes()
@@ -109,7 +110,7 @@ worker_raylet = worker.all_processes["raylet"][0].process.pid
 seen_on_worker = []
 def watch():
     while not done.is_set():
-        if find_worker([worker_raylet], ("inspect_batch", "ImageEmbedder")):
+        if find_worker([worker_raylet], ("inspect_batch", "_keep_keys", "ImageEmbedder", "_write_curated_shard")):
             seen_on_worker.append(1)
             return
         time.sleep(0.02)
@@ -119,9 +120,10 @@ watcher.start()
 two = curate(paths, out + "/two_nodes", cfg.curate, seed=0)
 done.set()
 
-# 2) the second node removed while it decodes a shard or runs the embedding actor
+# 2) the second node removed while it runs curation work: decoding a shard, embedding, or writing a shard
 removed = []
-remover = threading.Thread(target=kill_when_running, args=([worker_raylet], ("inspect_batch", "ImageEmbedder"), removed),
+BUSY = ("inspect_batch", "_keep_keys", "ImageEmbedder", "_write_curated_shard")
+remover = threading.Thread(target=kill_when_running, args=([worker_raylet], BUSY, removed),
                            kwargs={"action": lambda pid: cluster.remove_node(worker)}, daemon=True)
 remover.start()
 after = curate(paths, out + "/node_removed", cfg.curate, seed=0)
