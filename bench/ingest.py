@@ -50,42 +50,7 @@ sys.path.insert(0, str(REPO))
 SHARD_SIZE = 1000
 
 
-def _pss_bytes(pid: int, fallback: int) -> int:
-    """Proportional set size: shared pages (Ray's object store is one shared mapping that the
-    raylet, every worker and the driver touch) counted once in total, not once per process."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return fallback
-
-
-def _tree_rss_bytes(root: int) -> int:
-    """Current memory (PSS, else RSS) of ``root`` and all its descendants, from /proc (no psutil needed)."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            ppid = int(fields[1])
-            pages = int(fields[21])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-        rss[int(entry)] = pages * os.sysconf("SC_PAGE_SIZE")
-    total, stack = 0, [root]
-    while stack:
-        pid = stack.pop()
-        if pid in rss:
-            total += _pss_bytes(pid, rss[pid])
-        stack.extend(children.get(pid, []))
-    return total
+from procmem import tree_pss_bytes as _tree_rss_bytes  # noqa: E402  (the script's folder is on sys.path)
 
 
 class PeakRSS:

@@ -330,14 +330,6 @@ def decode_batch(batch: dict[str, np.ndarray], size: int, channels: int) -> dict
 DECODE_ROWS = 256
 
 
-def decode_shards(batch: dict[str, np.ndarray], size: int, channels: int, rows_per_batch: int = DECODE_ROWS,
-                  image_column: str = "image", env: dict[str, str] | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """Ray Data UDF: a batch of shard uris in, decoded batches (``decode_batch``) out; read and
-    decode in one task per shard."""
-    for rows in expand_shards(batch, rows_per_batch, image_column, env):
-        yield decode_batch(rows, size, channels)
-
-
 def map_shards(paths: str | Sequence[str], udf: Callable[..., dict[str, np.ndarray]],
                fn_kwargs: dict[str, Any] | None = None, rows_per_batch: int = DECODE_ROWS,
                image_column: str = "image") -> ray.data.Dataset:
@@ -363,7 +355,7 @@ def map_shards(paths: str | Sequence[str], udf: Callable[..., dict[str, np.ndarr
 def read_decoded(paths: str | Sequence[str], size: int, channels: int) -> ray.data.Dataset:
     """Shards -> Dataset of {key, image uint8 [size,size,C], label}, the training feed.
 
-    One Ray task per shard that reads *and* decodes (``decode_shards``), so memory does not grow
+    One Ray task per shard that reads *and* decodes (``map_shards``), so memory does not grow
     with the number of shards. Not ``read_shards(...).map_batches(decode_batch, batch_size=256)``:
     Ray Data fuses the two maps and gives the fused task ``batch_size`` rows of *its input*, i.e.
     256 shard paths per task; one task then decoded every shard of a run of <= 256 shards, its
@@ -373,9 +365,4 @@ def read_decoded(paths: str | Sequence[str], size: int, channels: int) -> ray.da
     Keep it so: a ``map_batches(..., batch_size=B)`` chained right after this one would fuse and
     bundle B shards per task again.
     """
-    uris = expand_uris(paths)
-    if not uris:
-        raise ValueError("no shards to read")
-    ds = ray.data.from_items([{"path": p} for p in uris], override_num_blocks=len(uris))
-    return ds.map_batches(decode_shards, batch_size=1,
-                          fn_kwargs={"size": size, "channels": channels, "env": storage_env()})
+    return map_shards(paths, decode_batch, {"size": size, "channels": channels}, rows_per_batch=DECODE_ROWS)
