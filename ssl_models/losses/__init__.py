@@ -7,6 +7,7 @@ from ssl_models.losses.isogclr import ISogCLROutput, isogclr_loss
 from ssl_models.losses.mae import mae_loss, patchify
 from ssl_models.losses.moco import MochiDraw, draw_mochi, mochi_negatives, moco_loss
 from ssl_models.losses.ntxent import nt_xent_loss
+from ssl_models.losses.unigrad import unigrad_loss
 from ssl_models.losses.vicreg import vicreg_loss
 
 __all__ = [
@@ -24,4 +25,5 @@ __all__ = [
     "ISogCLROutput",
     "mae_loss",
     "patchify",
+    "unigrad_loss",
 ]

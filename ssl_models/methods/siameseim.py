@@ -17,15 +17,26 @@ What happens in ``forward(views)`` (two views of the same images):
    a linear embedding of the log scale ratio.
 3. Target: EMA encoder on the full crop 2 -> patch tokens, LayerNorm-ed (no
    affine) per token.
-4. Loss: negative cosine between each prediction and its target token.
+4. Loss: UniGrad (the paper's loss, ``ssl_models.losses.unigrad``) between each
+   predicted token and its target token, plus ``pixel_weight`` times the
+   normalised-pixel MSE of crop 2's patches predicted from the same decoder
+   output (a linear pixel head).
+
+The pixel term is ours, not the paper's. Measured on the MNIST test bench
+(2-block ViT, 500 steps, kNN of the online encoder; random init 0.605):
+feature target alone 0.58 with negative cosine, pixels alone 0.73, UniGrad +
+pixels 0.73/0.72 (two crop seeds), negative cosine + pixels 0.68. Feature
+distillation from a random EMA teacher gives no signal to start from at this
+scale (the paper trains 400+ ImageNet epochs); the cross-view pixel target
+grounds the early steps, and UniGrad's push term keeps the feature head from
+collapsing meanwhile. ``pixel_weight=0`` gives the paper's objective.
 
 Simplified relative to the paper: no projector/predictor heads on top of the
-decoder and a negative-cosine loss instead of UniGrad; relative positions are
-absolute coordinates in crop 1's frame (sin-cos) plus a scale embedding,
-instead of the paper's relative-position encoding of box offsets; no colour
-augmentation is done here (it comes from the views). Use a view recipe without
-geometric crops (``crop_scale=(1, 1)``, ``flip_prob=0``): the method's own
-crops are the only geometry it can account for.
+decoder; relative positions are absolute coordinates in crop 1's frame
+(sin-cos) plus a scale embedding, instead of the paper's relative-position
+encoding of box offsets; no colour augmentation is done here (it comes from
+the views). Use a view recipe without geometric crops (``crop_scale=(1, 1)``,
+``flip_prob=0``): the method's own crops are the only geometry it can account for.
 
 Like MAE, a non-ViT ``backbone`` is ignored and a ViT is built from the kwargs.
 """
@@ -40,6 +51,8 @@ from torch import Tensor, nn
 
 from ssl_models.ema import cosine_momentum, ema_update, make_teacher
 from ssl_models.losses.byol import negative_cosine
+from ssl_models.losses.mae import mae_loss
+from ssl_models.losses.unigrad import unigrad_loss
 from ssl_models.methods._vit_common import Decoder, random_masking, resolve_vit
 from ssl_models.methods.base import SSLMethod
 from ssl_models.vit import grid_coords, sincos_embed
@@ -90,8 +103,11 @@ def relative_coords(box1: Tensor, box2: Tensor, grid: int) -> tuple[Tensor, Tens
     return rows, cols, log_scale
 
 
+LOSSES = ("unigrad", "cosine")
+
+
 class SiameseIM(SSLMethod):
-    """Masked crop 1 predicts the EMA encoder's dense features of crop 2 (see module docstring)."""
+    """Masked crop 1 predicts the EMA encoder's dense features (and pixels) of crop 2 (see module docstring)."""
 
     num_views = 2
 
@@ -113,9 +129,16 @@ class SiameseIM(SSLMethod):
         mask_ratio: float = 0.5,
         crop_scale: tuple[float, float] = (0.3, 1.0),
         base_momentum: float = 0.996,
+        loss: str = "unigrad",
+        neg_weight: float = 0.02,
+        pixel_weight: float = 1.0,
         seed: int = 0,
     ) -> None:
         super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"siameseim loss must be one of {LOSSES}, got {loss!r}")
+        if pixel_weight < 0 or neg_weight < 0:
+            raise ValueError(f"pixel_weight and neg_weight must be >= 0, got {pixel_weight}, {neg_weight}")
         encoder = resolve_vit(
             backbone, vit=vit, img_size=img_size, patch_size=patch_size, in_chans=in_chans,
             embed_dim=embed_dim, depth=depth, num_heads=num_heads,
@@ -124,8 +147,10 @@ class SiameseIM(SSLMethod):
         self.feature_dim = encoder.embed_dim
         self.target_encoder = make_teacher(encoder)
         self.mask_ratio, self.crop_scale, self.base_momentum = mask_ratio, tuple(crop_scale), base_momentum
+        self.loss_name, self.neg_weight, self.pixel_weight = loss, neg_weight, pixel_weight
         self.decoder = Decoder(encoder.embed_dim, decoder_dim, decoder_depth, decoder_heads, encoder.embed_dim)
         self.scale_embed = nn.Linear(2, decoder_dim)
+        self.pixel_head = nn.Linear(encoder.embed_dim, encoder.patch_size ** 2 * encoder.in_chans)
         self.decoder_dim = decoder_dim
         self._gen = torch.Generator().manual_seed(seed)
 
@@ -152,8 +177,19 @@ class SiameseIM(SSLMethod):
             self.decoder.mask_token + sincos_embed(rows, cols, self.decoder_dim) + self.scale_embed(log_scale)[:, None, :]
         ).to(ctx.dtype)
         pred = self.decoder(ctx, queries)
-        loss = negative_cosine(pred, target)
-        return loss, {"loss": float(loss.detach())}
+        if self.loss_name == "unigrad":
+            feature_loss = unigrad_loss(pred, target, self.neg_weight)
+        else:
+            feature_loss = negative_cosine(pred, target)
+        logs = {"feature_loss": float(feature_loss.detach())}
+        loss = feature_loss
+        if self.pixel_weight:
+            every_patch = torch.ones(n, enc.num_patches, dtype=torch.bool, device=c2.device)
+            pixel_loss = mae_loss(self.pixel_head(pred), c2, every_patch, enc.patch_size, True)
+            logs["pixel_loss"] = float(pixel_loss.detach())
+            loss = loss + self.pixel_weight * pixel_loss
+        logs["loss"] = float(loss.detach())
+        return loss, logs
 
     def on_step_end(self, step: int, max_steps: int) -> None:
         ema_update(self.target_encoder, self.backbone, cosine_momentum(step, max_steps, self.base_momentum))

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ssl_models.losses import barlow_twins_loss, dcl_loss, isogclr_loss, nt_xent_loss, vicreg_loss
+from ssl_models.losses import barlow_twins_loss, dcl_loss, isogclr_loss, nt_xent_loss, unigrad_loss, vicreg_loss
 
 WORLD = 2
 BATCH, DIM = 8, 6  # global batch
@@ -37,7 +37,13 @@ LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "dclw": lambda a, b: dcl_loss(a, b, 0.3, weighting="vmf"),
     "barlow": lambda a, b: barlow_twins_loss(a, b, 0.01),
     "vicreg": vicreg_loss,
+    # targets carry no gradient (EMA branch): only the prediction's gradient is compared
+    "unigrad": lambda a, b: unigrad_loss(a, b, 0.3),
 }
+
+
+def _grad(t: torch.Tensor) -> torch.Tensor:
+    return t.grad.clone() if t.grad is not None else torch.zeros_like(t)
 
 
 def _data() -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,7 +62,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             a, b = z1[local].clone().requires_grad_(), z2[local].clone().requires_grad_()
             loss = fn(a, b) if name != "isogclr" else fn(a, b, local)
             loss.backward()
-            results[name] = (float(loss.detach()), a.grad.clone(), b.grad.clone())
+            results[name] = (float(loss.detach()), _grad(a), _grad(b))
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -97,8 +103,8 @@ def test_two_workers_equal_one_worker(two_worker_results: list[dict], name: str)
     half = BATCH // WORLD
     for rank, r in enumerate(two_worker_results):
         rows = slice(rank * half, (rank + 1) * half)
-        assert torch.allclose(r[name][1] / WORLD, a.grad[rows], atol=1e-6), f"{name}: view-1 gradient differs on rank {rank}"
-        assert torch.allclose(r[name][2] / WORLD, b.grad[rows], atol=1e-6), f"{name}: view-2 gradient differs on rank {rank}"
+        assert torch.allclose(r[name][1] / WORLD, _grad(a)[rows], atol=1e-6), f"{name}: view-1 gradient differs on rank {rank}"
+        assert torch.allclose(r[name][2] / WORLD, _grad(b)[rows], atol=1e-6), f"{name}: view-2 gradient differs on rank {rank}"
 
 
 def test_local_only_loss_would_differ() -> None:

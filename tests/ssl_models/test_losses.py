@@ -25,6 +25,7 @@ from ssl_models.losses import (
     negative_cosine,
     nt_xent_loss,
     patchify,
+    unigrad_loss,
     vicreg_loss,
 )
 
@@ -238,6 +239,28 @@ def test_isogclr_gradient_is_dro_gradient_when_u_is_exact() -> None:
     assert torch.allclose(a1.grad, b1.grad, atol=TOL) and torch.allclose(a2.grad, b2.grad, atol=TOL)
 
 
+@pytest.mark.parametrize("neg_weight", [0.0, 0.02, 0.5])
+def test_unigrad_matches_reference(neg_weight: float) -> None:
+    """UniGrad (Tao et al. 2022, eq. for the unified loss) written per sample:
+    ||u_i - v_i||^2 + lambda * D * u_i^T F u_i with F = mean_j v_j v_j^T; and its
+    gradient w.r.t. u is the paper's -2 v + 2 lambda D F u (on the unit sphere)."""
+    pred, target = _pair(b=10, d=8, seed=13)
+    pred = pred.reshape(2, 5, 8)  # [batch, tokens, D]: one row per token
+    target = target.reshape(2, 5, 8)
+    rows_u = [p / p.norm() for p in pred.reshape(-1, 8)]
+    rows_v = [t / t.norm() for t in target.reshape(-1, 8)]
+    corr = sum(torch.outer(v, v) for v in rows_v) / len(rows_v)
+    per_row = [(u - v).pow(2).sum() + neg_weight * 8 * (u @ corr @ u) for u, v in zip(rows_u, rows_v)]
+    _close(unigrad_loss(pred, target, neg_weight), sum(per_row) / len(per_row))
+    # gradient w.r.t. the normalised prediction, as the paper states it
+    u = torch.stack(rows_u).requires_grad_()
+    unigrad_loss(u, target.reshape(-1, 8), neg_weight).backward()
+    expected = (-2 * torch.stack(rows_v) + 2 * neg_weight * 8 * torch.stack(rows_u) @ corr) / len(rows_u)
+    radial = (expected * u.detach()).sum(-1, keepdim=True) * u.detach()  # normalisation removes the radial part
+    assert torch.allclose(u.grad, expected - radial, atol=TOL)
+    assert target.grad is None
+
+
 def test_losses_are_float32_under_bf16_autocast() -> None:
     z1, z2 = (t.float() for t in _pair(seed=12))
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -254,3 +277,5 @@ def test_invalid_arguments_raise() -> None:
         dcl_loss(z1, z2, 0.1, weighting="other")
     with pytest.raises(ValueError):
         vicreg_loss(z1, z2[:, :3])
+    with pytest.raises(ValueError):
+        unigrad_loss(z1, z2[:, :3])
