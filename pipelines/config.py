@@ -139,13 +139,20 @@ class CurateConfig:
 
 @dataclass
 class BackboneConfig:
-    name: Literal["convnet_small", "resnet18", "resnet50"] = "convnet_small"
+    #: ViTs are mean-pooled; MAE and SiameseIM need one (with a CNN here they build vit_tiny themselves)
+    name: Literal["convnet_small", "resnet18", "resnet50", "vit_tiny", "vit_small"] = "convnet_small"
     cifar_stem: bool = True
     #: channel width of ``convnet_small``
     width: int = 32
+    #: ViT patch size; ``data.image_size`` must be a multiple of it
+    patch_size: int = 4
+    #: ViT blocks; 0 keeps the named size's 12 (a smaller number is for quick runs)
+    vit_depth: int = 0
 
     def validate(self, path: str) -> None:
         _check(self.width >= 4, f"{path}.width", "an integer >= 4")
+        _check(self.patch_size >= 1, f"{path}.patch_size", "an integer >= 1")
+        _check(self.vit_depth >= 0, f"{path}.vit_depth", "an integer >= 0 (0 = the named size)")
 
 
 @dataclass
@@ -314,6 +321,9 @@ class RunConfig:
 
     def validate(self, path: str = "") -> None:
         _check(bool(self.run_dir), "run_dir", "a non-empty path")
+        if self.backbone.name.startswith("vit"):
+            _check(self.data.image_size % self.backbone.patch_size == 0, "backbone.patch_size",
+                   f"a divisor of data.image_size ({self.data.image_size}) for a ViT backbone")
 
 
 # --------------------------------------------------------------------------- loading

@@ -20,8 +20,10 @@ def build_method_from_config(cfg: RunConfig, num_samples: int | None = None) -> 
     ``num_samples`` sizes per-sample state (iSogCLR's learned temperatures).
     """
     torch.manual_seed(cfg.seed)
+    b = cfg.backbone
     backbone, dim = build_backbone(
-        cfg.backbone.name, in_channels=cfg.data.channels, cifar_stem=cfg.backbone.cifar_stem, width=cfg.backbone.width
+        b.name, in_channels=cfg.data.channels, cifar_stem=b.cifar_stem, width=b.width,
+        img_size=cfg.data.image_size, patch_size=b.patch_size, vit_depth=b.vit_depth or None,
     )
     offered = {
         "temperature": cfg.method.temperature,

@@ -14,6 +14,8 @@ import torch
 import torchvision
 from torch import nn
 
+from ssl_models.vit import VIT_CONFIGS, build_vit
+
 
 class SmallConvNet(nn.Module):
     """Three conv blocks and global average pooling.
@@ -61,11 +63,18 @@ def _torchvision_resnet(factory: Callable[..., nn.Module], in_channels: int, cif
     return net, dim
 
 
-BACKBONES = ("convnet_small", "resnet18", "resnet50")
+BACKBONES = ("convnet_small", "resnet18", "resnet50", "vit_tiny", "vit_small")
 
 
 def build_backbone(
-    name: str, *, in_channels: int = 3, cifar_stem: bool = False, width: int = 32
+    name: str,
+    *,
+    in_channels: int = 3,
+    cifar_stem: bool = False,
+    width: int = 32,
+    img_size: int = 32,
+    patch_size: int = 4,
+    vit_depth: int | None = None,
 ) -> tuple[nn.Module, int]:
     """Build an encoder by name; returns ``(module, feature_dim)``.
 
@@ -79,4 +88,7 @@ def build_backbone(
         return _torchvision_resnet(torchvision.models.resnet18, in_channels, cifar_stem)
     if name == "resnet50":
         return _torchvision_resnet(torchvision.models.resnet50, in_channels, cifar_stem)
+    if name in VIT_CONFIGS:  # mean-pooled ViT; MAE/SiameseIM take it as their encoder, others as any backbone
+        vit = build_vit(name, img_size=img_size, patch_size=patch_size, in_chans=in_channels, depth=vit_depth)
+        return vit, vit.embed_dim
     raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")

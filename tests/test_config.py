@@ -47,6 +47,8 @@ def test_overrides_are_parsed_as_yaml_and_validated() -> None:
         ({"dynamic": {"keep_fraction": 0}}, "dynamic.keep_fraction", "a fraction in (0, 1]"),
         ({"dynamic": {"policy": "random"}}, "dynamic.policy", "'cluster_balance'"),
         ({"train": {"batch_size": 256, "grad_accum_steps": 3}}, "train.grad_accum_steps", "a divisor"),
+        ({"backbone": {"name": "vit_tiny", "patch_size": 5}}, "backbone.patch_size", "a divisor of data.image_size (28)"),
+        ({"backbone": {"name": "vit_huge"}}, "backbone.name", "'vit_tiny', 'vit_small'"),
     ],
 )
 def test_bad_values_name_the_key_and_the_allowed_values(data: dict, key: str, allowed: str) -> None:

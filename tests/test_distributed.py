@@ -89,26 +89,60 @@ from pipelines.sources import load_mnist_digits
 
 images, labels = load_mnist_digits()
 ds = ray.data.from_items([{"image": images[i][:, :, None], "label": int(labels[i])} for i in range(256)])
-# 2 CPUs per worker on 3-CPU nodes: one worker per node, one CPU left on each for Ray Data
-cfg = load_config(None, [f"run_dir={sys.argv[1]}", "train.num_workers=2", "train.cpus_per_worker=2",
-                         "train.threads_per_worker=1", "train.epochs=2", *json.loads(sys.argv[2])])
-result = pretrain(cfg, ds, sys.argv[1])
-print(json.dumps({"nodes": result.history[-1]["nodes"], "cluster_nodes": len(ray.nodes()), "history": result.history}))
+out = {"cluster_nodes": len(ray.nodes()), "runs": []}
+for k, overrides in enumerate(json.loads(sys.argv[2])):  # several jobs on one cluster: it starts once
+    # 2 CPUs per worker on 3-CPU nodes: one worker per node, one CPU left on each for Ray Data
+    cfg = load_config(None, [f"run_dir={sys.argv[1]}/run{k}", "train.num_workers=2", "train.cpus_per_worker=2",
+                             "train.threads_per_worker=1", *overrides])
+    result = pretrain(cfg, ds, f"{sys.argv[1]}/run{k}")
+    out["runs"].append({"nodes": result.history[-1]["nodes"], "history": result.history})
+print(json.dumps(out))
 ray.shutdown()
 cluster.shutdown()
 """
 
 
-@pytest.mark.slow
-def test_ddp_trainer_on_a_two_node_cluster(tmp_path: Path) -> None:
+#: one job plain DDP, one with dynamic cluster-balance pruning (each worker prunes its own shard)
+MULTINODE_RUNS = [
+    ["train.epochs=2", *SMALL],
+    ["train.epochs=3", "dynamic.policy=cluster_balance", "dynamic.warmup_epochs=1", "dynamic.every_epochs=1",
+     "dynamic.keep_fraction=0.5", *SMALL],
+]
+
+
+@pytest.fixture(scope="module")
+def two_node_runs(tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("two_node")
     proc = subprocess.run(
-        [sys.executable, "-c", MULTINODE_SCRIPT, str(tmp_path), json.dumps(SMALL)],
+        [sys.executable, "-c", MULTINODE_SCRIPT, str(tmp), json.dumps(MULTINODE_RUNS)],
         cwd=REPO, capture_output=True, text=True, timeout=600,
         env={**os.environ, "PYTHONPATH": str(REPO), "RAY_TRAIN_V2_ENABLED": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["cluster_nodes"] == 2
-    assert out["nodes"] == 2  # one training worker on each node
-    assert [h["epoch"] for h in out["history"]] == [1, 2]
-    assert out["history"][-1]["step"] == 2 * ((256 // 2) // 32)
+    return out
+
+
+@pytest.mark.slow
+def test_ddp_trainer_on_a_two_node_cluster(two_node_runs: dict) -> None:
+    run = two_node_runs["runs"][0]
+    assert run["nodes"] == 2  # one training worker on each node
+    assert [h["epoch"] for h in run["history"]] == [1, 2]
+    assert run["history"][-1]["step"] == 2 * ((256 // 2) // 32)
+
+
+@pytest.mark.slow
+def test_dynamic_pruning_on_a_two_node_cluster(two_node_runs: dict) -> None:
+    """Each worker re-embeds and prunes its own shard; equal shards keep equal kept sizes, so DDP stays in step
+    and the run reaches the unpruned step budget."""
+    run = two_node_runs["runs"][1]
+    history = run["history"]
+    assert run["nodes"] == 2
+    steps_per_epoch = (256 // 2) // 32
+    assert history[-1]["step"] == 3 * steps_per_epoch
+    assert history[0]["active_samples"] == 256
+    assert all(h["active_samples"] == 128 for h in history[1:])  # 64 kept on each of the 2 workers
+    rounds = [h for h in history if "prune_round_seconds" in h]
+    assert len(rounds) == len(history) - 1  # a round before every epoch after the warm-up
+    assert all(0 < h["prune_cluster_entropy_after"] <= 1 for h in rounds)

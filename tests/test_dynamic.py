@@ -75,3 +75,44 @@ def test_pruned_training_reaches_the_same_step_count(ray_session, mnist_digits, 
     assert pruning_rounds_plot(history[:1]) is None  # no rounds, no plot
     if policy == "cluster_balance":
         assert all(0 < h["prune_cluster_entropy_after"] <= 1 for h in rounds)
+
+
+ALL_METHODS = ["simclr", "dcl", "dclw", "moco_v2", "mochi", "byol", "barlow_twins", "mixed_barlow_twins",
+               "vicreg", "isogclr", "mae", "siameseim"]
+
+
+@pytest.fixture(scope="module")
+def digits_256(ray_session, mnist_digits):
+    images, labels = mnist_digits
+    return ray_session.data.from_items([{"image": images[i][:, :, None], "label": int(labels[i])} for i in range(256)])
+
+
+def test_every_method_is_registered_here() -> None:
+    from ssl_models.methods import METHODS
+
+    assert sorted(ALL_METHODS) == sorted(METHODS)
+
+
+@pytest.mark.parametrize("policy", ["cluster_balance", "loss_based"])
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_every_method_trains_with_dynamic_pruning(digits_256, tmp_path: Path, method: str, policy: str) -> None:
+    """Pruning only needs the method's backbone (conv or ViT) and keeps global sample ids (iSogCLR's
+    per-sample temperatures), so every method must train through rounds to its full step budget."""
+    from pipelines.config import load_config
+    from pipelines.pretrain import pretrain
+
+    overrides = [
+        f"run_dir={tmp_path}", "train.num_workers=0", "train.epochs=2", "train.batch_size=32", "train.warmup_epochs=0",
+        "backbone.width=8", "method.proj_hidden_dim=32", "method.proj_dim=16", "train.knn_monitor_every=0",
+        f"method.name={method}", f"dynamic.policy={policy}", "dynamic.warmup_epochs=1", "dynamic.every_epochs=1",
+        "dynamic.keep_fraction=0.5",
+    ]
+    if method == "siameseim":  # it crops the views itself: feed colour-only views
+        overrides += ["augment.crop_scale_min=1.0"]
+    if method in ("mae", "siameseim"):  # a 2-block ViT (the default ViT-Tiny has 12)
+        overrides += ["backbone.name=vit_tiny", "backbone.vit_depth=2"]
+    history = pretrain(load_config(None, overrides), digits_256, tmp_path).history
+    assert history[-1]["step"] == 2 * (256 // 32)  # equal optimizer steps to the unpruned plan
+    assert [h["active_samples"] for h in history] == [256, 128, 128]  # 8 full steps, then 2 half epochs of 4
+    assert sum("prune_round_seconds" in h for h in history) == 2  # a round before each pruned epoch
+    assert all(np.isfinite(h["loss"]) for h in history)
