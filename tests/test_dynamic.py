@@ -93,23 +93,29 @@ def test_every_method_is_registered_here() -> None:
     assert sorted(ALL_METHODS) == sorted(METHODS)
 
 
-@pytest.mark.parametrize("policy", ["cluster_balance", "loss_based"])
-@pytest.mark.parametrize("method", ALL_METHODS)
+#: each method with one policy, alternating, so both policies meet conv and ViT backbones, queues, EMA
+#: teachers and per-sample state (both policies are covered in depth above); plus SimCLR on a ViT backbone
+METHOD_POLICY = [(m, ("cluster_balance", "loss_based")[i % 2]) for i, m in enumerate(ALL_METHODS)]
+METHOD_POLICY.append(("simclr-vit", "loss_based"))
+
+
+@pytest.mark.parametrize(("method", "policy"), METHOD_POLICY)
 def test_every_method_trains_with_dynamic_pruning(digits_256, tmp_path: Path, method: str, policy: str) -> None:
-    """Pruning only needs the method's backbone (conv or ViT) and keeps global sample ids (iSogCLR's
-    per-sample temperatures), so every method must train through rounds to its full step budget."""
+    """The config layer builds every registered method and Ray Train runs it, first on the full pool, then
+    through pruning rounds: pruning only needs the method's backbone (conv or ViT) and keeps global sample
+    ids (iSogCLR's per-sample temperatures), so every method must reach its full step budget."""
     from pipelines.config import load_config
     from pipelines.pretrain import pretrain
 
     overrides = [
         f"run_dir={tmp_path}", "train.num_workers=0", "train.epochs=2", "train.batch_size=32", "train.warmup_epochs=0",
         "backbone.width=8", "method.proj_hidden_dim=32", "method.proj_dim=16", "train.knn_monitor_every=0",
-        f"method.name={method}", f"dynamic.policy={policy}", "dynamic.warmup_epochs=1", "dynamic.every_epochs=1",
+        f"method.name={method.removesuffix('-vit')}", f"dynamic.policy={policy}", "dynamic.warmup_epochs=1", "dynamic.every_epochs=1",
         "dynamic.keep_fraction=0.5",
     ]
     if method == "siameseim":  # it crops the views itself: feed colour-only views
         overrides += ["augment.crop_scale_min=1.0"]
-    if method in ("mae", "siameseim"):  # a 2-block ViT (the default ViT-Tiny has 12)
+    if method in ("mae", "siameseim", "simclr-vit"):  # a 2-block ViT-Tiny (the named size has 12)
         overrides += ["backbone.name=vit_tiny", "backbone.vit_depth=2"]
     history = pretrain(load_config(None, overrides), digits_256, tmp_path).history
     assert history[-1]["step"] == 2 * (256 // 32)  # equal optimizer steps to the unpruned plan
