@@ -54,6 +54,13 @@ def test_registry_has_every_method() -> None:
         build_method("nope", nn.Identity(), 4)
 
 
+@pytest.mark.parametrize(("kwargs", "message"), [({"loss": "mse"}, "loss must be one of"),
+                                                  ({"pixel_weight": -1.0}, "must be >= 0")])
+def test_siameseim_rejects_bad_objective_settings(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        build_method("siameseim", nn.Identity(), 4, img_size=16, in_chans=1, depth=1, **kwargs)
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_constructor_signature_contract(name: str) -> None:
     params = list(inspect.signature(METHODS[name].__init__).parameters.values())
