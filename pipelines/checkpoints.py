@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torchvision
 
 from curation.errors import InputError
 from pipelines.config import ConfigError, RunConfig, config_from_dict
@@ -59,7 +60,8 @@ def export_backbone(checkpoint: str | Path, out: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     backbone.eval()
-    if cfg.backbone.name.startswith("resnet"):
+    # MAE / SiameseIM train a ViT whatever backbone the config names: test the module, not the name
+    if isinstance(backbone, torchvision.models.ResNet):
         torch.save({
             "format": "torchvision_state_dict",
             "arch": cfg.backbone.name,

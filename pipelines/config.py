@@ -139,7 +139,7 @@ class CurateConfig:
 
 @dataclass
 class BackboneConfig:
-    #: ViTs are mean-pooled; MAE and SiameseIM need one (with a CNN here they build vit_tiny themselves)
+    #: ViTs are mean-pooled; MAE and SiameseIM need one (given a CNN here they train vit_tiny, with a warning)
     name: Literal["convnet_small", "resnet18", "resnet50", "vit_tiny", "vit_small"] = "convnet_small"
     cifar_stem: bool = True
     #: channel width of ``convnet_small``
@@ -153,6 +153,10 @@ class BackboneConfig:
         _check(self.width >= 4, f"{path}.width", "an integer >= 4")
         _check(self.patch_size >= 1, f"{path}.patch_size", "an integer >= 1")
         _check(self.vit_depth >= 0, f"{path}.vit_depth", "an integer >= 0 (0 = the named size)")
+
+
+#: methods that mask image patches and so always train a ViT (``needs_vit`` in the registry; a test keeps them in step)
+MASKED_IMAGE_METHODS = frozenset({"mae", "siameseim"})
 
 
 @dataclass
@@ -321,7 +325,7 @@ class RunConfig:
 
     def validate(self, path: str = "") -> None:
         _check(bool(self.run_dir), "run_dir", "a non-empty path")
-        if self.backbone.name.startswith("vit"):
+        if self.backbone.name.startswith("vit") or self.method.name in MASKED_IMAGE_METHODS:
             _check(self.data.image_size % self.backbone.patch_size == 0, "backbone.patch_size",
                    f"a divisor of data.image_size ({self.data.image_size}) for a ViT backbone")
 

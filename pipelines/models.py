@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 
 import torch
 
@@ -10,6 +11,11 @@ from pipelines.config import RunConfig
 from ssl_models.augment import ViewRecipe
 from ssl_models.backbones import build_backbone
 from ssl_models.methods import METHODS, SSLMethod, build_method
+
+log = logging.getLogger("sslpipe.models")
+
+#: the ViT a masked-image method gets when the config names a CNN backbone
+DEFAULT_MIM_VIT = "vit_tiny"
 
 
 def build_method_from_config(cfg: RunConfig, num_samples: int | None = None) -> SSLMethod:
@@ -21,8 +27,15 @@ def build_method_from_config(cfg: RunConfig, num_samples: int | None = None) -> 
     """
     torch.manual_seed(cfg.seed)
     b = cfg.backbone
+    name = b.name
+    if METHODS[cfg.method.name].needs_vit and not name.startswith("vit"):
+        # Said out loud rather than silently: the user asked for a CNN and trains a ViT.
+        log.warning("method.name=%s masks image patches, which needs a ViT: backbone.name=%s is replaced by %s "
+                    "(patch_size %d); set backbone.name=vit_tiny or vit_small to choose it yourself",
+                    cfg.method.name, name, DEFAULT_MIM_VIT, b.patch_size)
+        name = DEFAULT_MIM_VIT
     backbone, dim = build_backbone(
-        b.name, in_channels=cfg.data.channels, cifar_stem=b.cifar_stem, width=b.width,
+        name, in_channels=cfg.data.channels, cifar_stem=b.cifar_stem, width=b.width,
         img_size=cfg.data.image_size, patch_size=b.patch_size, vit_depth=b.vit_depth or None,
     )
     offered = {

@@ -48,6 +48,7 @@ def test_overrides_are_parsed_as_yaml_and_validated() -> None:
         ({"dynamic": {"policy": "random"}}, "dynamic.policy", "'cluster_balance'"),
         ({"train": {"batch_size": 256, "grad_accum_steps": 3}}, "train.grad_accum_steps", "a divisor"),
         ({"backbone": {"name": "vit_tiny", "patch_size": 5}}, "backbone.patch_size", "a divisor of data.image_size (28)"),
+        ({"method": {"name": "mae"}, "backbone": {"patch_size": 8}}, "backbone.patch_size", "a divisor of data.image_size"),
         ({"backbone": {"name": "vit_huge"}}, "backbone.name", "'vit_tiny', 'vit_small'"),
     ],
 )
@@ -72,7 +73,8 @@ def test_bad_override_syntax_and_missing_file(tmp_path: Path) -> None:
 def test_method_names_match_the_registry() -> None:
     import typing
 
-    from pipelines.config import MethodConfig
+    from pipelines.config import MASKED_IMAGE_METHODS, MethodConfig
     from ssl_models.methods import METHODS
 
     assert set(typing.get_args(typing.get_type_hints(MethodConfig)["name"])) == set(METHODS)
+    assert MASKED_IMAGE_METHODS == {name for name, cls in METHODS.items() if cls.needs_vit}

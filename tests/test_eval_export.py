@@ -81,6 +81,25 @@ def test_resnet_export_is_a_plain_torchvision_state_dict(tmp_path: Path) -> None
     assert exported["arch"] == "resnet18" and exported["cifar_stem"] is True
 
 
+def test_mae_on_a_cnn_config_trains_a_vit_says_so_and_exports_it(tmp_path: Path, caplog) -> None:
+    from pipelines.checkpoints import export_backbone
+    from pipelines.config import config_to_dict
+    from pipelines.models import build_method_from_config
+    from ssl_models.vit import VisionTransformer
+
+    cfg = load_config(None, ["method.name=mae", "backbone.name=resnet18", "backbone.patch_size=7", "backbone.vit_depth=1"])
+    with caplog.at_level("WARNING", logger="sslpipe.models"):
+        method = build_method_from_config(cfg)
+    assert isinstance(method.backbone, VisionTransformer)
+    assert method.backbone.patch_size == 7  # the config's patch size, not the method's default
+    assert "backbone.name=resnet18 is replaced by vit_tiny" in caplog.text
+
+    ckpt = tmp_path / "c.pt"
+    torch.save({"method": method.state_dict(), "config": config_to_dict(cfg)}, ckpt)
+    exported = torch.jit.load(str(export_backbone(ckpt, tmp_path / "vit.pt")))  # TorchScript, not a ResNet dict
+    assert tuple(exported(torch.zeros(2, 1, 28, 28)).shape) == (2, method.feature_dim)
+
+
 def test_eval_refuses_a_malicious_checkpoint(tmp_path: Path, capsys) -> None:
     import pickle
 

@@ -21,6 +21,8 @@ class SSLMethod(nn.Module):
     feature_dim: int
     #: how many augmented views of each image ``forward`` expects
     num_views: int = 2
+    #: masked-image methods drop tokens inside the encoder, which only a ViT can do
+    needs_vit: bool = False
 
     def forward(self, views: list[Tensor]) -> tuple[Tensor, dict[str, float]]:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -25,6 +25,7 @@ from ssl_models.vit import grid_coords, sincos_embed
 class MAE(SSLMethod):
     """Masked autoencoder on one view per image."""
 
+    needs_vit = True
     num_views = 1
 
     def __init__(

@@ -109,6 +109,7 @@ LOSSES = ("unigrad", "cosine")
 class SiameseIM(SSLMethod):
     """Masked crop 1 predicts the EMA encoder's dense features (and pixels) of crop 2 (see module docstring)."""
 
+    needs_vit = True
     num_views = 2
 
     def __init__(
