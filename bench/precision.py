@@ -1,5 +1,5 @@
-"""bf16 autocast vs fp32, and channels_last vs contiguous, for one training step
-(forward + backward) of ResNet-18 with the CIFAR stem on this CPU.
+"""bf16 autocast vs fp32, channels_last vs contiguous, and (--compile) torch.compile vs eager, for one
+training step (forward + backward) of ResNet-18 with the CIFAR stem on this CPU.
 
 Why: the design turns bf16 autocast on by default; on CPUs without native bf16
 matrix units autocast can be *slower* than fp32, so the choice must be measured
@@ -7,6 +7,10 @@ on the machine that trains. Prints one JSON object (machine-readable) and a
 table. Usage:
 
     python bench/precision.py [--batch 128] [--size 32] [--iters 5] [--warmup 2] [--threads N]
+    python bench/precision.py --dtypes fp32 --compile --threads 1 --batch 128   # what train.compile buys a worker
+
+The compiled row's ``compile_s`` is its first step (tracing + inductor codegen), paid once per worker
+start; it is left out of the median.
 """
 
 from __future__ import annotations
@@ -34,14 +38,17 @@ def _cpu_flags() -> list[str]:
     return sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
 
 
-def time_step(dtype: str, channels_last: bool, batch: int, size: int, iters: int, warmup: int) -> dict:
+def time_step(dtype: str, channels_last: bool, batch: int, size: int, iters: int, warmup: int,
+              compiled: bool = False) -> dict:
     """Median seconds of one forward + backward (no optimiser step: it is precision-independent)."""
     torch.manual_seed(0)
     net, _ = build_backbone("resnet18", in_channels=3, cifar_stem=True)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net = net.to(memory_format=fmt).train()
+    if compiled:
+        net.compile(dynamic=False)  # as pipelines.pretrain.compile_backbone
     x = torch.randn(batch, 3, size, size).to(memory_format=fmt)
-    times = []
+    times, first = [], 0.0
     for i in range(warmup + iters):
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
@@ -49,14 +56,16 @@ def time_step(dtype: str, channels_last: bool, batch: int, size: int, iters: int
             loss = out.float().pow(2).mean()
         loss.backward()
         net.zero_grad(set_to_none=True)
+        if i == 0:
+            first = time.perf_counter() - start
         if i >= warmup:
             times.append(time.perf_counter() - start)
         if not torch.isfinite(loss):
             raise RuntimeError(f"non-finite loss with {dtype}")
     med = statistics.median(times)
     return {
-        "dtype": dtype, "channels_last": channels_last, "median_s": med, "min_s": min(times),
-        "images_per_s": batch / med, "iters": iters,
+        "dtype": dtype, "channels_last": channels_last, "compiled": compiled, "median_s": med, "min_s": min(times),
+        "images_per_s": batch / med, "iters": iters, "compile_s": round(first - med, 1) if compiled else 0.0,
     }
 
 
@@ -67,15 +76,21 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    ap.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16 (bf16 is slow on AVX2-only CPUs)")
+    ap.add_argument("--compile", action="store_true", help="add torch.compile'd channels_last rows (train.compile)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    dtypes = [d for d in args.dtypes.split(",") if d]
+    if not dtypes or set(dtypes) - {"fp32", "bf16"} or dtypes[0] != "fp32":
+        ap.error("--dtypes must start with fp32 (the baseline) and name only fp32 and bf16")
+    settings = [(dtype, cl, False) for dtype in dtypes for cl in (False, True)]
+    settings += [(dtype, True, True) for dtype in dtypes] if args.compile else []
     rows = []
-    for dtype in ("fp32", "bf16"):
-        for cl in (False, True):
-            rows.append(time_step(dtype, cl, args.batch, args.size, args.iters, args.warmup))
-            # progress on stderr: on a loaded CPU a full run takes minutes, keep partial figures
-            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    for dtype, cl, compiled in settings:
+        rows.append(time_step(dtype, cl, args.batch, args.size, args.iters, args.warmup, compiled))
+        # progress on stderr: on a loaded CPU a full run takes minutes, keep partial figures
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     base = rows[0]["median_s"]
     for r in rows:
         r["speedup_vs_fp32_contiguous"] = base / r["median_s"]
@@ -85,9 +100,10 @@ def main() -> None:
         "cpu_flags": _cpu_flags(), "load_avg_1m": os.getloadavg()[0], "results": rows,
     }
     print(json.dumps(report))
-    print(f"\n{'dtype':<6} {'channels_last':<14} {'median s/step':>14} {'img/s':>8} {'speedup':>8}")
+    print(f"\n{'dtype':<6} {'channels_last':<14} {'compiled':<9} {'median s/step':>14} {'img/s':>8} {'speedup':>8} {'compile s':>10}")
     for r in rows:
-        print(f"{r['dtype']:<6} {str(r['channels_last']):<14} {r['median_s']:>14.3f} {r['images_per_s']:>8.1f} {r['speedup_vs_fp32_contiguous']:>8.2f}")
+        print(f"{r['dtype']:<6} {str(r['channels_last']):<14} {str(r['compiled']):<9} {r['median_s']:>14.3f} "
+              f"{r['images_per_s']:>8.1f} {r['speedup_vs_fp32_contiguous']:>8.2f} {r['compile_s']:>10.1f}")
 
 
 if __name__ == "__main__":

@@ -215,6 +215,13 @@ class TrainConfig:
     #: NHWC activations for convolutional backbones (a ResNet-18 CIFAR fwd+bwd step is ~1.3x faster on
     #: CPU, bench/precision.py); ignored for ViTs, whose convolution is a single patch embedding
     channels_last: bool = True
+    #: torch.compile the backbone's training forward + backward (inductor). On this 2-core AVX2 CPU a
+    #: ResNet-18 CIFAR step is only 1.03-1.06x faster than eager channels_last (bench/precision.py
+    #: --compile; GPUs gain more), for a one-off ~70 s cold compile per worker (seconds once inductor's
+    #: cache is warm): worth it for long runs, not for smoke tests and sweeps
+    compile: bool = False
+    #: rank 0 prints a progress line (step, loss, img/s, ETA) at most this often within an epoch; 0 = off
+    progress_every_s: float = 60.0
     #: split each worker's batch into this many micro-batches and sum their gradients (less memory);
     #: contrastive negatives then come from each micro-batch only
     grad_accum_steps: int = 1
@@ -255,6 +262,7 @@ class TrainConfig:
         _check(self.checkpoint_every_epochs >= 1, f"{path}.checkpoint_every_epochs", "an integer >= 1")
         _check(self.max_failures >= 0, f"{path}.max_failures", "an integer >= 0")
         _check(self.threads_per_worker >= 0, f"{path}.threads_per_worker", "an integer >= 0")
+        _check(self.progress_every_s >= 0, f"{path}.progress_every_s", "a number of seconds >= 0 (0 = off)")
         _check(self.grad_accum_steps >= 1, f"{path}.grad_accum_steps", "an integer >= 1")
         _check(self.knn_monitor_every >= 0, f"{path}.knn_monitor_every", "an integer >= 0 (0 = off)")
         _check(self.knn_monitor_bank >= 1, f"{path}.knn_monitor_bank", "an integer >= 1")

@@ -125,7 +125,8 @@ def _online_knn(backbone: torch.nn.Module, bank: tuple[torch.Tensor, torch.Tenso
         return torch.cat([backbone(normalize_batch(x[i : i + 512], recipe)).float() for i in range(0, len(x), 512)]).numpy()
 
     protocol = KnnProtocol(cfg.eval.knn_k, cfg.eval.knn_temperature, "online")
-    acc = knn_accuracy(feats(bank[0]), bank[1].numpy(), feats(queries[0]), queries[1].numpy(), protocol)
+    with eager_only():  # a compiled backbone would recompile for eval mode and each chunk size
+        acc = knn_accuracy(feats(bank[0]), bank[1].numpy(), feats(queries[0]), queries[1].numpy(), protocol)
     backbone.train(was_training)
     return acc
 
@@ -143,9 +144,23 @@ def _prune(dyn: Any, backbone: torch.nn.Module, images: torch.Tensor, labels: to
            epoch: int, rank: int) -> "PruningRound":
     """A dynamic-pruning round on this worker's pool; the seed depends on the epoch, so a resumed
     run re-selects the same way from the restored model."""
-    return select_subset(dyn.policy, backbone, images, labels, recipe, keep_fraction=dyn.keep_fraction,
-                         subset_for_clustering=dyn.subset_for_clustering, levels=list(dyn.levels),
-                         resampling_steps=dyn.resampling_steps, seed=seed * 7919 + epoch * 31 + rank)
+    with eager_only():
+        return select_subset(dyn.policy, backbone, images, labels, recipe, keep_fraction=dyn.keep_fraction,
+                             subset_for_clustering=dyn.subset_for_clustering, levels=list(dyn.levels),
+                             resampling_steps=dyn.resampling_steps, seed=seed * 7919 + epoch * 31 + rank)
+
+
+def eager_only() -> Any:
+    """Run compiled modules eagerly inside this block: embedding passes (kNN monitor, pruning rounds)
+    see eval mode and odd batch sizes, each of which would cost a fresh compile of the backbone."""
+    return torch.compiler.set_stance("force_eager")
+
+
+def compile_backbone(method: torch.nn.Module) -> None:
+    """Compile the backbone in place (``nn.Module.compile``): parameters, state-dict keys and therefore
+    checkpoints stay exactly those of the eager module, so compiled and eager runs resume each other.
+    ``dynamic=False``: training batches all have the worker's local batch size."""
+    method.backbone.compile(dynamic=False)
 
 
 def _count_nodes() -> int:
@@ -221,6 +236,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     recipe = view_recipe(cfg)
     if tc.sync_batchnorm and world > 1:
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    if tc.compile:
+        compile_backbone(method)
     opt = _build_optimizer(method, tc)
 
     start_epoch, step, history, resumes = 0, 0, [], 0
@@ -275,6 +292,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         if epoch_steps == 0:
             raise RuntimeError(f"pruned pool of {len(active)} is smaller than the local batch {local_batch}")
         t_epoch, losses = time.time(), []
+        last_progress = t_epoch
         for i in range(epoch_steps):
             batch = images[order[i * local_batch : (i + 1) * local_batch]]
             lr = schedule(step, total_steps, warmup_steps, tc.lr)
@@ -300,6 +318,13 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             _unwrap(model).on_step_end(step, total_steps)
             step += 1
             losses.append(step_loss)
+            now = time.time()
+            if rank == 0 and tc.progress_every_s > 0 and now - last_progress >= tc.progress_every_s and i + 1 < epoch_steps:
+                last_progress = now  # a CPU epoch can take an hour: say where it is in between
+                done = i + 1
+                print(f"[pretrain] epoch {epoch + 1}  step {done}/{epoch_steps}  loss {step_loss:.4f}  "
+                      f"{done * tc.batch_size / (now - t_epoch):.1f} img/s  "
+                      f"epoch ETA {(now - t_epoch) / done * (epoch_steps - done):.0f}s", flush=True)
         epoch += 1
         seconds = time.time() - t_epoch
         metrics: dict[str, Any] = {

@@ -96,3 +96,38 @@ def test_lars_step_follows_the_trust_ratio() -> None:
     assert torch.allclose(layer.bias, b0 - 0.5 * g_b, atol=1e-6)  # biases: plain SGD, no decay, no trust ratio
 
 
+
+
+def test_compiled_backbone_trains_like_eager_and_checkpoints_stay_eager_compatible(
+        digits_dataset, heldout_dataset, tmp_path: Path) -> None:
+    from torch._dynamo.utils import counters
+
+    eager = pretrain(small_config(tmp_path / "eager", epochs=1), digits_dataset, tmp_path / "eager",
+                     val_dataset=heldout_dataset)
+    torch._dynamo.reset()
+    counters.clear()
+    cfg = small_config(tmp_path / "compiled", epochs=1)
+    cfg.train.compile = True
+    compiled = pretrain(cfg, digits_dataset, tmp_path / "compiled", val_dataset=heldout_dataset)
+    # the training forward was compiled once; the kNN monitor's eval-mode passes ran eagerly, not recompiled
+    assert counters["stats"]["unique_graphs"] == 1
+    assert compiled.history[-1]["step"] == eager.history[-1]["step"] == 256 // 64
+    # same seed, same data, same maths: only floating-point reassociation separates the two runs
+    assert compiled.history[-1]["loss"] == pytest.approx(eager.history[-1]["loss"], rel=1e-3)
+    assert compiled.history[-1]["knn_top1"] == pytest.approx(eager.history[-1]["knn_top1"], abs=0.02)
+    # the checkpoint has the eager module's keys: an eager run resumes it, and export loads it
+    resumed = pretrain(small_config(tmp_path / "compiled", epochs=2), digits_dataset, tmp_path / "compiled",
+                       val_dataset=heldout_dataset)
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    backbone = load_backbone(small_config(tmp_path / "compiled", epochs=2), resumed.checkpoint_path)
+    assert backbone(torch.zeros(2, 1, 28, 28)).shape == (2, 32)
+
+
+def test_long_epochs_print_progress_within_the_epoch(digits_dataset, tmp_path: Path, capfd) -> None:
+    cfg = small_config(tmp_path, epochs=1)
+    cfg.train.knn_monitor_every = 0
+    cfg.train.progress_every_s = 1e-9  # every step, so the test needs no long epoch
+    pretrain(cfg, digits_dataset, tmp_path)
+    lines = [l for l in capfd.readouterr().out.splitlines() if "epoch ETA" in l]
+    # 4 steps: a line after each of the first 3; the 4th ends the epoch and gets the epoch summary instead
+    assert [l.split("step ")[1].split()[0] for l in lines] == ["1/4", "2/4", "3/4"]
