@@ -148,6 +148,9 @@ class BackboneConfig:
     patch_size: int = 4
     #: ViT blocks; 0 keeps the named size's 12 (a smaller number is for quick runs)
     vit_depth: int = 0
+    #: ResNets: start every residual block's last BatchNorm at zero, so each block starts as the identity
+    #: (Goyal et al. 2017; SimSiam's and MoCo v3's ResNets). Off by default (torchvision's init).
+    zero_init_residual: bool = False
 
     def validate(self, path: str) -> None:
         _check(self.width >= 4, f"{path}.width", "an integer >= 4")

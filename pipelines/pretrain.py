@@ -30,6 +30,7 @@ from ray.train import RunConfig as TrainRunConfig
 from ray.train.torch import TorchTrainer
 
 from pipelines.config import RunConfig, config_from_dict, config_to_dict
+from pipelines.console import say
 from pipelines.dynamic import PruningRound, select_subset
 from pipelines.models import build_method_from_config, forward_takes_index, view_recipe
 from ssl_models.augment import augment_batch
@@ -251,12 +252,12 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         start_epoch, step, history = state["epoch"], state["step"], list(state["history"])
         resumes = int(state.get("resumes", 0)) + 1
         if rank == 0:
-            print(f"[pretrain] resumed from checkpoint at epoch {start_epoch}, step {step}", flush=True)
+            say(f"[pretrain] resumed from checkpoint at epoch {start_epoch}, step {step}")
 
     model = ray.train.torch.prepare_model(method) if world > 1 else method
     nodes = _count_nodes()
     if rank == 0:
-        print(f"[pretrain] {world} worker(s) on {nodes} node(s)", flush=True)
+        say(f"[pretrain] {world} worker(s) on {nodes} node(s)")
     monitor = None
     if rank == 0 and tc.knn_monitor_every > 0:
         queries = _load_monitor_queries(tc.knn_monitor_queries)
@@ -322,9 +323,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             if rank == 0 and tc.progress_every_s > 0 and now - last_progress >= tc.progress_every_s and i + 1 < epoch_steps:
                 last_progress = now  # a CPU epoch can take an hour: say where it is in between
                 done = i + 1
-                print(f"[pretrain] epoch {epoch + 1}  step {done}/{epoch_steps}  loss {step_loss:.4f}  "
-                      f"{done * tc.batch_size / (now - t_epoch):.1f} img/s  "
-                      f"epoch ETA {(now - t_epoch) / done * (epoch_steps - done):.0f}s", flush=True)
+                say(f"[pretrain] epoch {epoch + 1}  step {done}/{epoch_steps}  loss {step_loss:.4f}  "
+                    f"{done * tc.batch_size / (now - t_epoch):.1f} img/s  "
+                    f"epoch ETA {(now - t_epoch) / done * (epoch_steps - done):.0f}s")
         epoch += 1
         seconds = time.time() - t_epoch
         metrics: dict[str, Any] = {
@@ -348,14 +349,13 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         stop = _should_stop(tc.time_budget_s > 0 and elapsed >= tc.time_budget_s and step < total_steps)
         if rank == 0:
             eta = seconds / epoch_steps * (total_steps - step)
-            print(
+            say(
                 f"[pretrain] epoch {epoch}  step {step}/{total_steps}  loss {metrics['loss']:.4f}  lr {lr:.2e}  "
                 f"{metrics['images_per_s']:.0f} img/s"
                 + (f"  knn {metrics['knn_top1']:.3f}" if "knn_top1" in metrics else "")
                 + (f"  pruned to {metrics['active_samples']} ({round_info['round_seconds']:.1f}s)" if round_info else "")
                 + f"  elapsed {elapsed:.0f}s  eta {eta:.0f}s"
-                + ("  (time budget reached, stopping)" if stop else ""),
-                flush=True,
+                + ("  (time budget reached, stopping)" if stop else "")
             )
         last = stop or step >= total_steps
         if last or epoch % tc.checkpoint_every_epochs == 0:

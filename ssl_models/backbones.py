@@ -51,8 +51,9 @@ class SmallConvNet(nn.Module):
         return self.features(x)
 
 
-def _torchvision_resnet(factory: Callable[..., nn.Module], in_channels: int, cifar_stem: bool) -> tuple[nn.Module, int]:
-    net = factory(weights=None)
+def _torchvision_resnet(factory: Callable[..., nn.Module], in_channels: int, cifar_stem: bool,
+                        zero_init_residual: bool = False) -> tuple[nn.Module, int]:
+    net = factory(weights=None, zero_init_residual=zero_init_residual)
     if cifar_stem:
         net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
         net.maxpool = nn.Identity()
@@ -75,19 +76,21 @@ def build_backbone(
     img_size: int = 32,
     patch_size: int = 4,
     vit_depth: int | None = None,
+    zero_init_residual: bool = False,
 ) -> tuple[nn.Module, int]:
     """Build an encoder by name; returns ``(module, feature_dim)``.
 
     Weights are always random: pretrained weights would need a download, and the
-    point of sslpipe is to learn them.
+    point of sslpipe is to learn them. ``zero_init_residual`` (ResNets only) zeroes the
+    last BatchNorm scale of every residual block, so each block starts as the identity.
     """
     if name == "convnet_small":
         net = SmallConvNet(in_channels, width)
         return net, net.out_dim
     if name == "resnet18":
-        return _torchvision_resnet(torchvision.models.resnet18, in_channels, cifar_stem)
+        return _torchvision_resnet(torchvision.models.resnet18, in_channels, cifar_stem, zero_init_residual)
     if name == "resnet50":
-        return _torchvision_resnet(torchvision.models.resnet50, in_channels, cifar_stem)
+        return _torchvision_resnet(torchvision.models.resnet50, in_channels, cifar_stem, zero_init_residual)
     if name in VIT_CONFIGS:  # mean-pooled ViT; MAE/SiameseIM take it as their encoder, others as any backbone
         vit = build_vit(name, img_size=img_size, patch_size=patch_size, in_chans=in_channels, depth=vit_depth)
         return vit, vit.embed_dim

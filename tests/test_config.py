@@ -78,3 +78,16 @@ def test_method_names_match_the_registry() -> None:
 
     assert set(typing.get_args(typing.get_type_hints(MethodConfig)["name"])) == set(METHODS)
     assert MASKED_IMAGE_METHODS == {name for name, cls in METHODS.items() if cls.needs_vit}
+
+
+def test_backbone_zero_init_residual_reaches_the_resnet() -> None:
+    import torch
+    import torchvision
+
+    from pipelines.models import build_method_from_config
+
+    cfg = load_config(None, ["backbone.name=resnet18", "data.channels=3", "data.image_size=32",
+                             "backbone.zero_init_residual=true"])
+    blocks = [m for m in build_method_from_config(cfg).backbone.modules()
+              if isinstance(m, torchvision.models.resnet.BasicBlock)]
+    assert len(blocks) == 8 and all(torch.all(b.bn2.weight == 0) for b in blocks)

@@ -212,3 +212,13 @@ def test_siameseim_relative_coordinates() -> None:
     assert torch.allclose(crop(x, full.expand(2, -1), 8), x, atol=1e-5)
     boxes = sample_boxes(100, (0.3, 1.0))
     assert (boxes[:, 2].abs() <= 1).all() and ((boxes[:, 0].abs() + boxes[:, 2].abs()) <= 1 + 1e-6).all()
+
+
+def test_zero_init_residual_makes_every_resnet_block_start_as_the_identity() -> None:
+    import torchvision
+
+    plain, _ = build_backbone("resnet18", in_channels=3, cifar_stem=True)
+    zeroed, _ = build_backbone("resnet18", in_channels=3, cifar_stem=True, zero_init_residual=True)
+    last_bns = [m.bn2 for m in zeroed.modules() if isinstance(m, torchvision.models.resnet.BasicBlock)]
+    assert len(last_bns) == 8 and all(torch.all(bn.weight == 0) for bn in last_bns)
+    assert any(torch.any(m.bn2.weight != 0) for m in plain.modules() if isinstance(m, torchvision.models.resnet.BasicBlock))
