@@ -27,7 +27,7 @@ def test_a_child_that_exits_inside_the_window_is_still_counted() -> None:
         assert child.wait() == 0
     result = split.result()
     assert split.seconds_of(child.pid) >= 0.45  # 0.6 s burnt; at most one sampling interval missed
-    assert result["cpu_s"]["other"] >= split.seconds_of(child.pid)
+    assert result["cpu_s"]["other"] >= split.seconds_of(child.pid) - 0.05  # result() rounds to 0.1 s
     assert sum(result["cpu_s"].values()) <= result["wall_s"] * result["cores"] + 0.5
     assert set(result["share_of_machine"]) == {"train", "ray", "driver", "other"}
 
