@@ -146,6 +146,24 @@ def run_lightly(root: Path, train_items, args, bank, queries) -> dict:
     total_steps = len(loader) * args.epochs
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
 
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+    @torch.no_grad()
+    def embed(images: np.ndarray) -> np.ndarray:  # lightly's benchmark test view: ToTensor + Normalize
+        backbone.eval()
+        out = []
+        for s in range(0, len(images), 512):
+            x = torch.from_numpy(images[s : s + 512]).permute(0, 3, 1, 2).float() / 255.0
+            out.append(backbone((x - mean) / std).flatten(start_dim=1).numpy())
+        return np.concatenate(out)
+
+    init_acc = None
+    if args.init_knn:  # the RNG state is put back, so scoring the init leaves training bit-for-bit the same
+        rng = torch.get_rng_state()
+        init_acc = knn_top1(embed, bank, queries)[0]
+        torch.set_rng_state(rng)
+
     backbone.train()
     head.train()
     steps, losses = 0, []
@@ -164,23 +182,12 @@ def run_lightly(root: Path, train_items, args, bank, queries) -> dict:
     seconds = time.perf_counter() - t0
     print(f"[lightly] {steps} steps in {seconds:.1f}s, last loss {losses[-1]:.4f}", flush=True)
 
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-
-    @torch.no_grad()
-    def embed(images: np.ndarray) -> np.ndarray:  # lightly's benchmark test view: ToTensor + Normalize
-        backbone.eval()
-        out = []
-        for s in range(0, len(images), 512):
-            x = torch.from_numpy(images[s : s + 512]).permute(0, 3, 1, 2).float() / 255.0
-            out.append(backbone((x - mean) / std).flatten(start_dim=1).numpy())
-        return np.concatenate(out)
-
     acc, eval_s = knn_top1(embed, bank, queries)
     images = steps * args.batch
     return {"train_images_processed": images, "train_seconds": round(seconds, 2),
             "data_load_seconds_outside_steps": None, "images_per_s": round(images / seconds, 2),
             "final_loss": round(losses[-1], 4), "knn_top1": acc, "knn_eval_seconds": round(eval_s, 1),
+            "knn_top1_at_init": init_acc,
             "loop": f"torch DataLoader ({args.loader_workers} workers) + lightly SimCLRTransform, "
                     f"{torch.get_num_threads()} torch threads"}
 
@@ -218,6 +225,7 @@ def run_sslpipe(root: Path, work: Path, args, bank, queries) -> dict:
 
     from curation.ingest import read_decoded
     from pipelines.evaluate import embed as sslpipe_embed
+    from pipelines.models import build_method_from_config
     from pipelines.pretrain import load_backbone, pretrain
     from pipelines.sources import shard_source
 
@@ -250,9 +258,14 @@ def run_sslpipe(root: Path, work: Path, args, bank, queries) -> dict:
     torch.set_num_threads(os.cpu_count() or 1)
     backbone = load_backbone(cfg, result.checkpoint_path)
     acc, eval_s = knn_top1(lambda x: sslpipe_embed(backbone, x, cfg), bank, queries)
+    init_acc = None
+    if args.init_knn:  # the exact initial weights: pretrain() builds its model through the same seeded function
+        initial = build_method_from_config(cfg).backbone
+        init_acc = knn_top1(lambda x: sslpipe_embed(initial, x, cfg), bank, queries)[0]
     return {"train_images_processed": images, "train_seconds": round(seconds, 2),
             "data_load_seconds_outside_steps": round(load_s, 2), "images_per_s": round(images / seconds, 2),
             "final_loss": round(float(hist[-1]["loss"]), 4), "knn_top1": acc, "knn_eval_seconds": round(eval_s, 1),
+            "knn_top1_at_init": init_acc,
             "sharding_seconds_one_off": round(shard_s, 1), "pretrain_call_wall_seconds": round(pretrain_wall, 1),
             "loop": f"Ray Train, {cfg.train.num_workers} DDP worker(s) x {cfg.train.cpus_per_worker:g} CPU, "
                     "in-memory shard, batched views" + (", torch.compile'd backbone (compile time counted)"
@@ -280,6 +293,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sslpipe-set", action="append", default=[], metavar="KEY=VALUE",
                         help="an extra sslpipe config override on top of the recipe (repeatable), "
                              "e.g. backbone.zero_init_residual=true")
+    parser.add_argument("--init-knn", action="store_true",
+                        help="also score each system's untrained backbone (same seed) with the same kNN: at 1 epoch "
+                             "random features carry most of the score, so the gain over init says what training added")
     parser.add_argument("--work-dir", help="shards (kept and reused) and run folders (default: a temporary folder, removed)")
     args = parser.parse_args(argv)
     systems = [name.strip() for name in args.systems.split(",") if name.strip()]
@@ -335,10 +351,13 @@ def main(argv: list[str] | None = None) -> dict:
         "known_differences": KNOWN_DIFFERENCES,
     })
     print(json.dumps(report, indent=2))
-    print(f"\n{'system':<10}{'images':>9}{'train s':>10}{'images/s':>11}{'kNN top-1':>11}")
+    init_cols = f"{'at init':>9}{'gain':>8}" if args.init_knn else ""
+    print(f"\n{'system':<10}{'images':>9}{'train s':>10}{'images/s':>11}{'kNN top-1':>11}{init_cols}")
     for name, r in results.items():
+        init = (f"{r['knn_top1_at_init']:>9.4f}{100 * (r['knn_top1'] - r['knn_top1_at_init']):>+7.2f}p"
+                if args.init_knn else "")
         print(f"{name:<10}{r['train_images_processed']:>9}{r['train_seconds']:>10.1f}{r['images_per_s']:>11.1f}"
-              f"{r['knn_top1']:>11.4f}")
+              f"{r['knn_top1']:>11.4f}{init}")
     if both:
         print(f"{'ratio':<10}{'':>9}{'':>10}{speed:>10.2f}x{points:>+10.2f}pt")
         for goal, state in report["goals"].items():

@@ -100,3 +100,19 @@ def test_train_subset_is_the_same_images_for_both(quality, tmp_path: Path) -> No
     folder = ImageFolder(str(root))  # what the lightly loop indexes into
     where = {Path(p).resolve(): (i, y) for i, (p, y) in enumerate(folder.samples)}
     assert [where[Path(p).resolve()][1] for p, _, _ in picked] == [y for _, y, _ in picked]
+
+
+def test_init_knn_scores_the_weights_pretrain_starts_from(quality, tmp_path: Path) -> None:
+    """--init-knn rebuilds sslpipe's model after training; that is only the training's start if the build is
+    fixed by the config's seed alone, whatever the global RNG went through before."""
+    import torch
+
+    from pipelines.models import build_method_from_config
+
+    cfg = quality.sslpipe_config(tmp_path, _args())
+    first = build_method_from_config(cfg).backbone.state_dict()
+    torch.rand(1000)  # training and evaluation draw from the global RNG in between
+    again = build_method_from_config(cfg).backbone.state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    other = build_method_from_config(quality.sslpipe_config(tmp_path, _args(seed=1))).backbone.state_dict()
+    assert not torch.equal(first["conv1.weight"], other["conv1.weight"])
