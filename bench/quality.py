@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
+from pipelines.allocator import allocator_in_use, resolve_allocator, run_under  # noqa: E402
 from pipelines.config import RunConfig, load_config  # noqa: E402
 from pipelines.evaluation.knn import LIGHTLY_CIFAR10, knn_accuracy  # noqa: E402
 from pipelines.sources import list_image_folder  # noqa: E402
@@ -66,6 +67,9 @@ KNOWN_DIFFERENCES = [
     "BatchNorm statistics: per DDP worker in sslpipe (local batch = batch / workers, no SyncBN, as lightly's "
     "benchmark with distributed=True); lightly's loop sees the whole batch. NT-Xent negatives are gathered "
     "across workers, so the contrastive objective is the full-batch one in both.",
+    "malloc: sslpipe's training workers run under tcmalloc where it is installed (train.allocator=auto), "
+    "lightly's loop under the system malloc as a LightlySSL user runs it (--lightly-malloc changes that); "
+    "the 'malloc' field of each system says which ran.",
     "schedule: cosine over the steps of the run, no warm-up, in both (lightly's benchmark steps its "
     "CosineAnnealingLR once per epoch, which for a 1-epoch run would be a constant LR).",
 ]
@@ -187,7 +191,7 @@ def run_lightly(root: Path, train_items, args, bank, queries) -> dict:
     return {"train_images_processed": images, "train_seconds": round(seconds, 2),
             "data_load_seconds_outside_steps": None, "images_per_s": round(images / seconds, 2),
             "final_loss": round(losses[-1], 4), "knn_top1": acc, "knn_eval_seconds": round(eval_s, 1),
-            "knn_top1_at_init": init_acc,
+            "knn_top1_at_init": init_acc, "malloc": allocator_in_use(),
             "loop": f"torch DataLoader ({args.loader_workers} workers) + lightly SimCLRTransform, "
                     f"{torch.get_num_threads()} torch threads"}
 
@@ -265,7 +269,7 @@ def run_sslpipe(root: Path, work: Path, args, bank, queries) -> dict:
     return {"train_images_processed": images, "train_seconds": round(seconds, 2),
             "data_load_seconds_outside_steps": round(load_s, 2), "images_per_s": round(images / seconds, 2),
             "final_loss": round(float(hist[-1]["loss"]), 4), "knn_top1": acc, "knn_eval_seconds": round(eval_s, 1),
-            "knn_top1_at_init": init_acc,
+            "knn_top1_at_init": init_acc, "malloc": resolve_allocator(cfg.train.allocator).name,
             "sharding_seconds_one_off": round(shard_s, 1), "pretrain_call_wall_seconds": round(pretrain_wall, 1),
             "loop": f"Ray Train, {cfg.train.num_workers} DDP worker(s) x {cfg.train.cpus_per_worker:g} CPU, "
                     "in-memory shard, batched views" + (", torch.compile'd backbone (compile time counted)"
@@ -285,8 +289,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--loader-workers", type=int, default=2, help="lightly's DataLoader workers")
     parser.add_argument("--sslpipe-workers", type=int, default=2, help="Ray Train workers (configs/cifar10.yaml: 2)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                        help="sslpipe's train.compile (configs/cifar10.yaml: on); its compile time counts as training time")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                        help="sslpipe's train.compile (configs/cifar10.yaml: off on CPU); its compile time counts as training time")
     parser.add_argument("--systems", default="lightly,sslpipe",
                         help="which to run, comma-separated; LightlySSL's kNN is reproducible to the digit for a "
                              "given seed and size, so a sslpipe-only run can be read against an earlier one")
@@ -296,8 +300,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--init-knn", action="store_true",
                         help="also score each system's untrained backbone (same seed) with the same kNN: at 1 epoch "
                              "random features carry most of the score, so the gain over init says what training added")
+    parser.add_argument("--lightly-malloc", choices=["system", "tcmalloc", "jemalloc"], default="system",
+                        help="the malloc of lightly's loop (the bench re-runs itself under it); default: the system's, "
+                             "as a LightlySSL user runs it. sslpipe's workers follow train.allocator (auto: tcmalloc)")
     parser.add_argument("--work-dir", help="shards (kept and reused) and run folders (default: a temporary folder, removed)")
     args = parser.parse_args(argv)
+    if args.lightly_malloc != "system":
+        run_under(resolve_allocator(args.lightly_malloc))  # re-executes this script from the top, preloaded
     systems = [name.strip() for name in args.systems.split(",") if name.strip()]
     if not systems or set(systems) - {"lightly", "sslpipe"}:
         raise SystemExit(f"--systems takes lightly, sslpipe or both, not {args.systems!r}")

@@ -8,6 +8,8 @@ Prints JSON, then a table.
 
     python bench/train_overhead.py [--images 2048] [--epochs 3] [--batch 256]
     python bench/train_overhead.py --model resnet18-cifar --images 1024 --epochs 2   # issue #6's model
+
+Both loops run under the same malloc (``--malloc``, default: what ``train.allocator=auto`` picks).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pipelines.allocator import allocator_in_use, resolve_allocator, run_under  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
 from pipelines.models import build_method_from_config, view_recipe  # noqa: E402
 from pipelines.sources import load_mnist_digits  # noqa: E402
@@ -95,7 +98,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--model", choices=sorted(MODELS), default="convnet",
                         help="convnet: the demo model on MNIST; resnet18-cifar: issue #6's SimCLR ResNet-18, 32x32 RGB")
+    parser.add_argument("--malloc", choices=["auto", "tcmalloc", "jemalloc", "system"], default="auto",
+                        help="one allocator for both sides: this process (the plain loop) re-runs itself under it "
+                             "and the Ray Train workers get it as train.allocator, so only Ray's cost differs")
     args = parser.parse_args()
+    allocator = resolve_allocator(args.malloc)
+    run_under(allocator)
 
     import ray
 
@@ -109,7 +117,7 @@ def main() -> None:
     else:
         x = x[..., None]
     rows = [{"image": x[i], "label": int(y[i])} for i in range(len(x))]
-    overrides = MODELS[args.model]
+    overrides = [*MODELS[args.model], f"train.allocator={allocator.name}"]
     cfg = load_config(None, [f"train.epochs={args.epochs}", f"train.batch_size={args.batch}", *BASE, *overrides])
     images = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 
@@ -124,7 +132,7 @@ def main() -> None:
         "model": args.model, "images": args.images, "batch": args.batch, "epochs": args.epochs, "cores": cores,
         "images_per_s": {k: round(v, 1) for k, v in rates.items()},
         "ratio_vs_plain": {k: round(v / base, 3) for k, v in rates.items()},
-        "cpu_split_of_ray_runs": splits,
+        "cpu_split_of_ray_runs": splits, "malloc": allocator_in_use(),
         "goal": "ray_train_1_worker / plain >= 0.95",
     }
     print(json.dumps(report, indent=2))

@@ -221,8 +221,12 @@ class TrainConfig:
     #: torch.compile the backbone's training forward + backward (inductor). On this 2-core AVX2 CPU a
     #: ResNet-18 CIFAR step is only 1.03-1.06x faster than eager channels_last (bench/precision.py
     #: --compile; GPUs gain more), for a one-off ~70 s cold compile per worker (seconds once inductor's
-    #: cache is warm): worth it for long runs, not for smoke tests and sweeps
+    #: cache is warm); on an AVX-512 EPYC it was ~7 % slower than eager: a GPU setting, not a CPU one
     compile: bool = False
+    #: C heap allocator of the training workers: auto = tcmalloc, else jemalloc, else the system's malloc.
+    #: glibc's malloc mmaps large activations and page-faults them afresh each step; a caching allocator
+    #: made a 2-worker ResNet-18 CIFAR step 1.14-1.16x faster on 2 cores (bench/allocator.py, pipelines/allocator.py)
+    allocator: Literal["auto", "tcmalloc", "jemalloc", "system"] = "auto"
     #: rank 0 prints a progress line (step, loss, img/s, ETA) at most this often within an epoch; 0 = off
     progress_every_s: float = 60.0
     #: split each worker's batch into this many micro-batches and sum their gradients (less memory);

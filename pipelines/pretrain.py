@@ -29,6 +29,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, ScalingConfig
 from ray.train import RunConfig as TrainRunConfig
 from ray.train.torch import TorchTrainer
 
+from pipelines.allocator import allocator_in_use, resolve_allocator
 from pipelines.config import RunConfig, config_from_dict, config_to_dict
 from pipelines.console import say
 from pipelines.dynamic import PruningRound, select_subset
@@ -257,7 +258,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(method) if world > 1 else method
     nodes = _count_nodes()
     if rank == 0:
-        say(f"[pretrain] {world} worker(s) on {nodes} node(s)")
+        say(f"[pretrain] {world} worker(s) on {nodes} node(s), malloc: {allocator_in_use()}")
     monitor = None
     if rank == 0 and tc.knn_monitor_every > 0:
         queries = _load_monitor_queries(tc.knn_monitor_queries)
@@ -405,6 +406,11 @@ def pretrain(
     run_dir = Path(run_dir).resolve()
     t0 = time.time()
     tc = cfg.train
+    worker_env: dict[str, str] = {}
+    if tc.num_workers > 0:  # in-process mode runs in this (already started) process: nothing to preload
+        allocator = resolve_allocator(tc.allocator)
+        worker_env = allocator.env
+        say(f"[pretrain] workers' malloc: {allocator.name}" + (f" ({allocator.library})" if allocator.library else ""))
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={
@@ -421,6 +427,7 @@ def pretrain(
             callbacks=callbacks or [],
             failure_config=FailureConfig(max_failures=tc.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            worker_runtime_env={"env_vars": worker_env} if worker_env else None,
         ),
         datasets={"train": dataset, **({"val": val_dataset} if val_dataset is not None else {})},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),

@@ -25,7 +25,7 @@ def quality():
 
 
 def _args(**kw) -> argparse.Namespace:
-    base = {"epochs": 1, "batch": 256, "seed": 0, "sslpipe_workers": 2, "train_images": 0, "compile": True,
+    base = {"epochs": 1, "batch": 256, "seed": 0, "sslpipe_workers": 2, "train_images": 0, "compile": False,
             "sslpipe_set": []}
     return argparse.Namespace(**{**base, **kw})
 
@@ -38,7 +38,7 @@ def test_sslpipe_config_is_lightlys_cifar10_recipe(quality, tmp_path: Path) -> N
     assert (t.optimizer, t.lr, t.weight_decay, t.batch_size, t.epochs) == ("sgd", 0.06 * 512 / 128, 5e-4, 512, 3)
     assert (t.warmup_epochs, t.schedule, t.precision, t.grad_accum_steps) == (0, "warmup_cosine", "fp32", 1)
     assert t.knn_monitor_every == 0 and cfg.dynamic.policy == "none"
-    assert t.compile and not quality.sslpipe_config(tmp_path, _args(compile=False)).train.compile
+    assert not t.compile and quality.sslpipe_config(tmp_path, _args(compile=True)).train.compile
     assert not cfg.backbone.zero_init_residual
     extra = quality.sslpipe_config(tmp_path, _args(sslpipe_set=["backbone.zero_init_residual=true"]))
     assert extra.backbone.zero_init_residual and extra.method.temperature == 0.5  # on top of the recipe

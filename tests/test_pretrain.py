@@ -156,3 +156,23 @@ def test_long_epochs_print_progress_within_the_epoch(digits_dataset, tmp_path: P
     lines = [l for l in capfd.readouterr().out.splitlines() if "epoch ETA" in l]
     # 4 steps: a line after each of the first 3; the 4th ends the epoch and gets the epoch summary instead
     assert [l.split("step ")[1].split()[0] for l in lines] == ["1/4", "2/4", "3/4"]
+
+
+def test_ray_train_workers_run_under_the_configured_malloc(digits_dataset, tmp_path: Path) -> None:
+    """``train.allocator=auto`` reaches the Ray Train worker process itself (LD_PRELOAD at its start)."""
+    from ray._private import worker as ray_worker
+
+    from pipelines.allocator import resolve_allocator
+
+    expected = resolve_allocator("auto")
+    if expected.library is None:
+        pytest.skip("neither tcmalloc nor jemalloc is installed here (apt-get install libtcmalloc-minimal4)")
+    logs = Path(ray_worker._global_node.get_logs_dir_path())
+
+    def lines(text: str) -> int:
+        return sum(f.read_text(errors="replace").count(text) for f in logs.glob("worker-*.*") if f.suffix in (".out", ".err"))
+
+    seen = {name: lines(f"malloc: {name}") for name in ("system", expected.name)}
+    pretrain(small_config(tmp_path, epochs=1, workers=1), digits_dataset, tmp_path)
+    assert lines(f"malloc: {expected.name}") == seen[expected.name] + 1  # read from the worker's own memory map
+    assert lines("malloc: system") == seen["system"]
