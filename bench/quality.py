@@ -6,7 +6,9 @@ Both systems train the same recipe on the same train images, one after the other
   momentum 0.9, weight decay 5e-4, cosine schedule over the run, projection head 512->512->128,
   NT-Xent with temperature 0.5 (``NTXentLoss()``'s default, as in lightly's cifar10_benchmark.py),
   views without blur and with colour-jitter strength 0.5 (the benchmark's ``SimCLRCollateFunction``
-  defaults, spelled ``SimCLRTransform(cj_strength=0.5, gaussian_blur=0.0)`` in lightly 1.6), fp32.
+  defaults, spelled ``SimCLRTransform(cj_strength=0.5, gaussian_blur=0.0)`` in lightly 1.6), fp32 (or, with
+  ``--precision bf16``, bf16 autocast in both: ``torch.autocast`` around lightly's forward and loss, as a
+  Lightning ``bf16-mixed`` run does, and ``train.precision=bf16`` in sslpipe).
 - (a) ``lightly``: a plain torch loop as a LightlySSL user writes it: torchvision ``ImageFolder`` over the
   JPEGs with lightly's ``SimCLRTransform`` in a ``DataLoader`` (2 workers), lightly's ``ResNetGenerator``
   backbone, ``SimCLRProjectionHead`` and ``NTXentLoss``.
@@ -70,6 +72,8 @@ KNOWN_DIFFERENCES = [
     "malloc: sslpipe's training workers run under tcmalloc where it is installed (train.allocator=auto), "
     "lightly's loop under the system malloc as a LightlySSL user runs it (--lightly-malloc changes that); "
     "the 'malloc' field of each system says which ran.",
+    "bf16 (--precision bf16 only): lightly's loss runs inside the autocast region as a Lightning bf16-mixed "
+    "user's does (its similarity matmul in bf16); sslpipe computes every loss in fp32 (ssl_models/losses/_precision.py).",
     "schedule: cosine over the steps of the run, no warm-up, in both (lightly's benchmark steps its "
     "CosineAnnealingLR once per epoch, which for a 1-epoch run would be a constant LR).",
 ]
@@ -170,13 +174,15 @@ def run_lightly(root: Path, train_items, args, bank, queries) -> dict:
 
     backbone.train()
     head.train()
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
     steps, losses = 0, []
     t0 = time.perf_counter()
     for _ in range(args.epochs):
         for (x0, x1), _ in loader:
-            z0 = head(backbone(x0).flatten(start_dim=1))
-            z1 = head(backbone(x1).flatten(start_dim=1))
-            loss = criterion(z0, z1)
+            with autocast:
+                z0 = head(backbone(x0).flatten(start_dim=1))
+                z1 = head(backbone(x1).flatten(start_dim=1))
+                loss = criterion(z0, z1)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -216,7 +222,7 @@ def sslpipe_config(run_dir: Path, args) -> RunConfig:
         f"train.num_workers={workers}", f"train.cpus_per_worker={cpus}", "train.threads_per_worker=0",
         f"train.epochs={args.epochs}", f"train.batch_size={args.batch}", "train.optimizer=sgd",
         f"train.lr={BASE_LR * args.batch / 128}", f"train.weight_decay={WEIGHT_DECAY}",
-        "train.warmup_epochs=0", "train.schedule=warmup_cosine", "train.precision=fp32",
+        "train.warmup_epochs=0", "train.schedule=warmup_cosine", f"train.precision={args.precision}",
         "train.grad_accum_steps=1", "train.sync_batchnorm=false",
         "train.knn_monitor_every=0", f"train.checkpoint_every_epochs={args.epochs}",
         "dynamic.policy=none", f"train.compile={str(args.compile).lower()}",
@@ -289,6 +295,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--loader-workers", type=int, default=2, help="lightly's DataLoader workers")
     parser.add_argument("--sslpipe-workers", type=int, default=2, help="Ray Train workers (configs/cifar10.yaml: 2)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="both systems' precision: bf16 = autocast (fast on CPUs with AVX512-BF16 or AMX, and GPUs)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                         help="sslpipe's train.compile (configs/cifar10.yaml: off on CPU); its compile time counts as training time")
     parser.add_argument("--systems", default="lightly,sslpipe",
@@ -343,7 +351,7 @@ def main(argv: list[str] | None = None) -> dict:
                    "weight_decay": WEIGHT_DECAY, "schedule": "cosine over all steps, no warm-up",
                    "temperature": TEMPERATURE, "projection_head": f"512->{PROJ_HIDDEN}->{PROJ_DIM}",
                    "views": f"crop scale ({MIN_SCALE}, 1), flip {FLIP_PROB}, colour jitter p={CJ_PROB} s={CJ_STRENGTH}, "
-                            f"grayscale {GRAY_PROB}, no blur", "precision": "fp32"},
+                            f"grayscale {GRAY_PROB}, no blur", "precision": args.precision},
         "train_images": len(train_items), "test_images": len(test_items), "cores": os.cpu_count(),
         "knn_protocol": LIGHTLY_CIFAR10.name,
         "sslpipe_extra_overrides": args.sslpipe_set,

@@ -30,6 +30,7 @@ from curation.balanced import balanced_sample
 from curation.hierarchical import hierarchical_kmeans
 from curation.kmeans import assign
 from curation.metrics import normalized_entropy
+from pipelines.device import module_device
 from ssl_models.augment import ViewRecipe, augment_batch, normalize_batch
 
 
@@ -43,10 +44,11 @@ class PruningRound:
 def _features(backbone: torch.nn.Module, images: torch.Tensor, recipe: ViewRecipe, views: bool = False,
               gen: torch.Generator | None = None) -> torch.Tensor:
     out = []
+    device = module_device(backbone)  # the pool stays in host memory; features come back to it
     for start in range(0, len(images), 512):
-        chunk = images[start : start + 512]
+        chunk = images[start : start + 512].to(device)
         x = augment_batch(chunk, recipe, gen) if views else normalize_batch(chunk, recipe)
-        out.append(torch.nn.functional.normalize(backbone(x).float(), dim=1))
+        out.append(torch.nn.functional.normalize(backbone(x).float(), dim=1).cpu())
     return torch.cat(out)
 
 

@@ -32,6 +32,7 @@ from ray.train.torch import TorchTrainer
 from pipelines.allocator import allocator_in_use, resolve_allocator
 from pipelines.config import RunConfig, config_from_dict, config_to_dict
 from pipelines.console import say
+from pipelines.device import autocast as autocast_on, module_device, resolve_precision, train_device
 from pipelines.dynamic import PruningRound, select_subset
 from pipelines.models import build_method_from_config, forward_takes_index, view_recipe
 from ssl_models.augment import augment_batch
@@ -123,8 +124,11 @@ def _online_knn(backbone: torch.nn.Module, bank: tuple[torch.Tensor, torch.Tenso
     was_training = backbone.training
     backbone.eval()
 
+    device = module_device(backbone)
+
     def feats(x: torch.Tensor) -> np.ndarray:
-        return torch.cat([backbone(normalize_batch(x[i : i + 512], recipe)).float() for i in range(0, len(x), 512)]).numpy()
+        return torch.cat([backbone(normalize_batch(x[i : i + 512].to(device), recipe)).float().cpu()
+                          for i in range(0, len(x), 512)]).numpy()
 
     protocol = KnnProtocol(cfg.eval.knn_k, cfg.eval.knn_temperature, "online")
     with eager_only():  # a compiled backbone would recompile for eval mode and each chunk size
@@ -175,11 +179,12 @@ def _count_nodes() -> int:
     return len(set(ids))
 
 
-def _should_stop(stop: bool) -> bool:
-    """Rank 0 decides (time budget); every rank must agree or DDP would hang."""
+def _should_stop(stop: bool, device: torch.device) -> bool:
+    """Rank 0 decides (time budget); every rank must agree or DDP would hang. The flag lives on the
+    training device: NCCL, the process group of GPU workers, moves no CPU tensors."""
     if not (dist.is_available() and dist.is_initialized()):
         return stop
-    flag = torch.tensor([1.0 if stop else 0.0])
+    flag = torch.tensor([1.0 if stop else 0.0], device=device)
     dist.broadcast(flag, src=0)
     return bool(flag.item())
 
@@ -233,7 +238,10 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     method = build_method_from_config(cfg, num_samples=len(images) * world)
     memory_format = (torch.channels_last if tc.channels_last and not cfg.backbone.name.startswith("vit")
                      else torch.contiguous_format)
-    method = method.to(memory_format=memory_format)  # parameters keep their identity (optimizer below)
+    device = train_device(tc.use_gpu)
+    precision = resolve_precision(tc.precision, device)
+    # parameters keep their identity from here on (the optimizer is built below)
+    method = method.to(device=device, memory_format=memory_format)
     needs_index = forward_takes_index(method)
     recipe = view_recipe(cfg)
     if tc.sync_batchnorm and world > 1:
@@ -258,7 +266,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(method) if world > 1 else method
     nodes = _count_nodes()
     if rank == 0:
-        say(f"[pretrain] {world} worker(s) on {nodes} node(s), malloc: {allocator_in_use()}")
+        say(f"[pretrain] {world} worker(s) on {nodes} node(s), {device.type}, {precision}, malloc: {allocator_in_use()}")
     monitor = None
     if rank == 0 and tc.knn_monitor_every > 0:
         queries = _load_monitor_queries(tc.knn_monitor_queries)
@@ -272,7 +280,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     warmup_steps = steps_per_epoch * tc.warmup_epochs
     schedule = SCHEDULES[tc.schedule]
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=tc.precision == "bf16")
+    autocast = autocast_on(device, precision)
     dyn = cfg.dynamic
     active = torch.arange(len(images))
     if dyn.policy != "none" and start_epoch > dyn.warmup_epochs:
@@ -296,7 +304,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         t_epoch, losses = time.time(), []
         last_progress = t_epoch
         for i in range(epoch_steps):
-            batch = images[order[i * local_batch : (i + 1) * local_batch]]
+            batch = images[order[i * local_batch : (i + 1) * local_batch]].to(device, non_blocking=True)
             lr = schedule(step, total_steps, warmup_steps, tc.lr)
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -347,7 +355,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             metrics["knn_top1"] = _online_knn(_unwrap(model).backbone, *monitor, cfg) if monitor else float("nan")
         history.append(metrics)
         elapsed = time.time() - t_start
-        stop = _should_stop(tc.time_budget_s > 0 and elapsed >= tc.time_budget_s and step < total_steps)
+        stop = _should_stop(tc.time_budget_s > 0 and elapsed >= tc.time_budget_s and step < total_steps, device)
         if rank == 0:
             eta = seconds / epoch_steps * (total_steps - step)
             say(

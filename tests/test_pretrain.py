@@ -176,3 +176,15 @@ def test_ray_train_workers_run_under_the_configured_malloc(digits_dataset, tmp_p
     pretrain(small_config(tmp_path, epochs=1, workers=1), digits_dataset, tmp_path)
     assert lines(f"malloc: {expected.name}") == seen[expected.name] + 1  # read from the worker's own memory map
     assert lines("malloc: system") == seen["system"]
+
+
+def test_bf16_autocast_trains_with_fp32_weights_and_says_so(digits_dataset, heldout_dataset, tmp_path: Path, capfd) -> None:
+    cfg = small_config(tmp_path, epochs=1)
+    cfg.train.precision = "bf16"
+    result = pretrain(cfg, digits_dataset, tmp_path, val_dataset=heldout_dataset)
+    assert "1 worker(s) on 1 node(s), cpu, bf16" in capfd.readouterr().out
+    assert np.isfinite(result.history[-1]["loss"])
+    assert 0.3 < result.history[-1]["knn_top1"] <= 1.0  # bf16 features still separate the digits
+    state = torch.load(result.checkpoint_path, map_location="cpu", weights_only=True)
+    floats = [t for t in state["method"].values() if t.is_floating_point()]
+    assert floats and all(t.dtype == torch.float32 for t in floats)  # autocast leaves the master weights fp32
