@@ -65,7 +65,7 @@ KNOWN_DIFFERENCES = [
     "normalisation: lightly ImageNet mean/std, sslpipe 0.5/0.5 (not configurable); a per-channel affine input "
     "change is absorbed by the bias-free first conv + BatchNorm, so the model class is the same.",
     "backbone: same ResNet-18 CIFAR-stem architecture, but lightly's ResNetGenerator (PyTorch default init) vs "
-    "torchvision resnet18 with the CIFAR stem (kaiming init).",
+    "torchvision resnet18 with the CIFAR stem (kaiming init; backbone.conv_init=torch_default gives lightly's).",
     "BatchNorm statistics: per DDP worker in sslpipe (local batch = batch / workers, no SyncBN, as lightly's "
     "benchmark with distributed=True); lightly's loop sees the whole batch. NT-Xent negatives are gathered "
     "across workers, so the contrastive objective is the full-batch one in both.",

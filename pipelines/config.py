@@ -151,6 +151,11 @@ class BackboneConfig:
     #: ResNets: start every residual block's last BatchNorm at zero, so each block starts as the identity
     #: (Goyal et al. 2017; SimSiam's and MoCo v3's ResNets). Off by default (torchvision's init).
     zero_init_residual: bool = False
+    #: ResNets' conv weights: torchvision's kaiming_fan_out, or torch_default (PyTorch's nn.Conv2d init,
+    #: LightlySSL's ResNetGenerator). Behind BatchNorm only the scale differs, and it sets the effective
+    #: learning rate: torch_default's 3-6x smaller squared norms turn the weights 3-6x faster per step.
+    #: Measured (docs/BENCHMARKS.md): the same kNN gain in one CIFAR-10 epoch from a 3.1-point worse start
+    conv_init: Literal["kaiming_fan_out", "torch_default"] = "kaiming_fan_out"
 
     def validate(self, path: str) -> None:
         _check(self.width >= 4, f"{path}.width", "an integer >= 4")

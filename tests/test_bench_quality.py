@@ -26,7 +26,7 @@ def quality():
 
 def _args(**kw) -> argparse.Namespace:
     base = {"epochs": 1, "batch": 256, "seed": 0, "sslpipe_workers": 2, "train_images": 0, "compile": False,
-            "sslpipe_set": []}
+            "sslpipe_set": [], "precision": "fp32"}
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -39,6 +39,8 @@ def test_sslpipe_config_is_lightlys_cifar10_recipe(quality, tmp_path: Path) -> N
     assert (t.warmup_epochs, t.schedule, t.precision, t.grad_accum_steps) == (0, "warmup_cosine", "fp32", 1)
     assert t.knn_monitor_every == 0 and cfg.dynamic.policy == "none"
     assert not t.compile and quality.sslpipe_config(tmp_path, _args(compile=True)).train.compile
+    # --precision bf16 is both systems' precision: an explicit bf16, never configs/cifar10.yaml's host-dependent auto
+    assert quality.sslpipe_config(tmp_path, _args(precision="bf16")).train.precision == "bf16"
     assert not cfg.backbone.zero_init_residual
     extra = quality.sslpipe_config(tmp_path, _args(sslpipe_set=["backbone.zero_init_residual=true"]))
     assert extra.backbone.zero_init_residual and extra.method.temperature == 0.5  # on top of the recipe

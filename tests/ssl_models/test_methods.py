@@ -222,3 +222,31 @@ def test_zero_init_residual_makes_every_resnet_block_start_as_the_identity() -> 
     last_bns = [m.bn2 for m in zeroed.modules() if isinstance(m, torchvision.models.resnet.BasicBlock)]
     assert len(last_bns) == 8 and all(torch.all(bn.weight == 0) for bn in last_bns)
     assert any(torch.any(m.bn2.weight != 0) for m in plain.modules() if isinstance(m, torchvision.models.resnet.BasicBlock))
+
+
+def test_torch_default_conv_init_has_the_smaller_norm_that_batchnorm_turns_into_a_larger_step() -> None:
+    """Behind BatchNorm a conv's scale does not change the output, only how far one SGD step turns it."""
+    torch.manual_seed(0)
+    kaiming, _ = build_backbone("resnet18", in_channels=3, cifar_stem=True)
+    default, _ = build_backbone("resnet18", in_channels=3, cifar_stem=True, conv_init="torch_default")
+    k, d = kaiming.layer1[0].conv1.weight, default.layer1[0].conv1.weight  # 64 -> 64, 3x3: ratio 6
+    assert 5.0 < float(k.norm() ** 2 / d.norm() ** 2) < 7.0
+
+    # the same network at 1/6 of the conv's squared norm: same train-mode output, a ~6x larger turn per step
+    torch.manual_seed(1)
+    conv, bn = torch.nn.Conv2d(8, 8, 3, padding=1, bias=False), torch.nn.BatchNorm2d(8)
+    x, target = torch.randn(16, 8, 6, 6), torch.randn(16, 8, 6, 6)
+
+    def angle_of_one_step(scale: float) -> tuple[torch.Tensor, float]:
+        w = (conv.weight.detach() * scale).requires_grad_()
+        out = bn(torch.nn.functional.conv2d(x, w, padding=1))
+        ((out - target) ** 2).mean().backward()
+        new = w.detach() - 0.1 * w.grad
+        return out.detach(), float(torch.arccos(torch.nn.functional.cosine_similarity(new.flatten(), w.detach().flatten(), 0)))
+
+    out_big, turn_big = angle_of_one_step(1.0)
+    out_small, turn_small = angle_of_one_step(6 ** -0.5)
+    assert torch.allclose(out_big, out_small, atol=1e-3, rtol=1e-3)  # up to BatchNorm's eps
+    assert 5.0 < turn_small / turn_big < 7.0
+    with pytest.raises(ValueError, match="conv_init"):
+        build_backbone("resnet18", conv_init="xavier")
