@@ -241,7 +241,8 @@ class TrainConfig:
     #: split each worker's batch into this many micro-batches and sum their gradients (less memory);
     #: contrastive negatives then come from each micro-batch only
     grad_accum_steps: int = 1
-    #: synchronise BatchNorm statistics across workers (SimCLR/BYOL do this at large scale)
+    #: synchronise BatchNorm statistics across workers (SimCLR/BYOL do this at large scale). GPU workers
+    #: only: PyTorch's SyncBatchNorm refuses CPU modules under DDP
     sync_batchnorm: bool = False
     checkpoint_every_epochs: int = 1
     #: worker failures to survive (FailureConfig.max_failures)
@@ -273,6 +274,9 @@ class TrainConfig:
             f"a multiple of train.num_workers ({workers}), got {self.batch_size}",
         )
         _check(self.lr > 0, f"{path}.lr", "a number > 0")
+        _check(not (self.sync_batchnorm and self.num_workers > 1 and not self.use_gpu), f"{path}.sync_batchnorm",
+               "false when several workers train on CPUs (PyTorch's SyncBatchNorm works on GPU modules only); "
+               "set train.use_gpu=true or train.sync_batchnorm=false")
         _check(self.weight_decay >= 0, f"{path}.weight_decay", "a number >= 0")
         _check(self.warmup_epochs >= 0, f"{path}.warmup_epochs", "an integer >= 0")
         _check(self.checkpoint_every_epochs >= 1, f"{path}.checkpoint_every_epochs", "an integer >= 1")

@@ -51,3 +51,11 @@ def test_bf16_autocast_computes_in_bf16_and_fp32_is_a_no_op() -> None:
     assert conv.weight.dtype == torch.float32  # autocast never touches the weights
     assert module_device(conv) == CPU
     assert module_device(torch.nn.ReLU()) == CPU
+
+
+def test_sync_batchnorm_on_several_cpu_workers_is_refused_when_the_config_loads() -> None:
+    """PyTorch's SyncBatchNorm raises inside DDP on CPU modules; say so before any worker starts."""
+    with pytest.raises(ConfigError, match="train.sync_batchnorm.*train.use_gpu=true"):
+        load_config(None, ["train.num_workers=2", "train.sync_batchnorm=true"])
+    assert load_config(None, ["train.num_workers=1", "train.sync_batchnorm=true"]).train.sync_batchnorm
+    assert load_config(None, ["train.num_workers=2", "train.sync_batchnorm=true", "train.use_gpu=true"]).train.use_gpu
