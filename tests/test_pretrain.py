@@ -188,3 +188,17 @@ def test_bf16_autocast_trains_with_fp32_weights_and_says_so(digits_dataset, held
     state = torch.load(result.checkpoint_path, map_location="cpu", weights_only=True)
     floats = [t for t in state["method"].values() if t.is_floating_point()]
     assert floats and all(t.dtype == torch.float32 for t in floats)  # autocast leaves the master weights fp32
+
+
+def test_two_workers_each_train_on_every_class_even_from_class_sorted_shards(ray_session, mnist_digits, tmp_path: Path) -> None:
+    """A class-sorted input (ImageFolder order) cut into two blocks would give each worker half the classes:
+    the pool is shuffled before Ray Train splits it, so rank 0's pool holds all ten digits."""
+    images, labels = mnist_digits
+    order = np.argsort(labels[:256], kind="stable")
+    rows = [{"image": images[i][:, :, None], "label": int(labels[i])} for i in order]
+    sorted_ds = ray_session.data.from_items(rows, override_num_blocks=2)
+    first_block_classes = {r["label"] for r in rows[:128]}
+    assert len(first_block_classes) < 10  # the split this guards against really is class-skewed
+    result = pretrain(small_config(tmp_path, epochs=1, workers=2), sorted_ds, tmp_path)
+    assert result.history[0]["pool_classes"] == 10
+    assert result.history[0]["active_samples"] == 256  # every image in exactly one worker's pool
