@@ -68,7 +68,8 @@ KNOWN_DIFFERENCES = [
     "torchvision resnet18 with the CIFAR stem (kaiming init; backbone.conv_init=torch_default gives lightly's).",
     "BatchNorm statistics: per DDP worker in sslpipe (local batch = batch / workers, no SyncBN, as lightly's "
     "benchmark with distributed=True); lightly's loop sees the whole batch. NT-Xent negatives are gathered "
-    "across workers, so the contrastive objective is the full-batch one in both.",
+    "across workers, so the contrastive objective is the full-batch one in both. Each worker's pool is an iid "
+    "half of the train set (pretrain() shuffles before Ray Train splits the class-sorted shards).",
     "malloc: sslpipe's training workers run under tcmalloc where it is installed (train.allocator=auto), "
     "lightly's loop under the system malloc as a LightlySSL user runs it (--lightly-malloc changes that); "
     "the 'malloc' field of each system says which ran.",
