@@ -59,9 +59,10 @@ GOAL_SPEED, GOAL_KNN_POINTS = 1.2, 2.0
 
 #: differences that remain between the two runs, by design or for lack of a knob (printed in the JSON)
 KNOWN_DIFFERENCES = [
-    "views: sslpipe renders them batched (one bilinear affine resample for crop+flip with reflection padding, "
-    "jitter in fixed order with hue rotated in YIQ); lightly uses per-image torchvision PIL transforms "
-    "(random jitter order, HSV hue, antialiased resize). Parameter distributions are the same.",
+    "views: sslpipe renders them batched (one bilinear affine resample of a continuous crop box for crop+flip; "
+    "colour jitter as torchvision's, per-sample random order and HSV hue, in float); lightly uses per-image "
+    "torchvision PIL transforms (integer crop box, uint8 rounding between ops). Parameter distributions are "
+    "the same; --sslpipe-set augment.renderer=torchvision renders sslpipe's views per image through torchvision.",
     "normalisation: lightly ImageNet mean/std, sslpipe 0.5/0.5 (not configurable); a per-channel affine input "
     "change is absorbed by the bias-free first conv + BatchNorm, so the model class is the same.",
     "backbone: same ResNet-18 CIFAR-stem architecture, but lightly's ResNetGenerator (PyTorch default init) vs "

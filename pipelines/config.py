@@ -193,8 +193,11 @@ class AugmentConfig:
     jitter_strength: float = 0.5
     grayscale_prob: float = 0.0
     blur_prob: float = 0.0
+    #: ``batched`` (tensor ops over the batch, fast) or ``torchvision`` (per-image reference, exact recipe)
+    renderer: str = "batched"
 
     def validate(self, path: str) -> None:
+        _check(self.renderer in ("batched", "torchvision"), f"{path}.renderer", "'batched' or 'torchvision'")
         _check(0 < self.crop_scale_min <= self.crop_scale_max <= 1, f"{path}.crop_scale_min/max", "0 < min <= max <= 1")
         for name in ("flip_prob", "jitter_prob", "grayscale_prob", "blur_prob"):
             _check(0 <= getattr(self, name) <= 1, f"{path}.{name}", "a probability in [0, 1]")

@@ -35,7 +35,7 @@ from pipelines.console import say
 from pipelines.device import autocast as autocast_on, module_device, resolve_precision, train_device
 from pipelines.dynamic import PruningRound, select_subset
 from pipelines.models import build_method_from_config, forward_takes_index, view_recipe
-from ssl_models.augment import augment_batch
+from ssl_models.augment import RENDERERS
 from ssl_models.optim import LARS, lars_param_groups
 from ssl_models.schedules import SCHEDULES
 
@@ -244,6 +244,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     method = method.to(device=device, memory_format=memory_format)
     needs_index = forward_takes_index(method)
     recipe = view_recipe(cfg)
+    render_view = RENDERERS[cfg.augment.renderer]
     if tc.sync_batchnorm and world > 1:
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
     if tc.compile:
@@ -268,7 +269,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     if rank == 0:
         say(f"[pretrain] {world} worker(s) on {nodes} node(s), {device.type}, {precision}, malloc: {allocator_in_use()}")
     monitor = None
-    if rank == 0 and tc.knn_monitor_every > 0:
+    if rank == 0 and tc.knn_monitor_every > 0 and loop_config.get("has_val", True):
         queries = _load_monitor_queries(tc.knn_monitor_queries)
         labelled = torch.nonzero(labels >= 0).flatten()[: tc.knn_monitor_bank]
         if queries is not None and len(labelled) > 0:
@@ -312,7 +313,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             step_loss = 0.0
             for j in range(tc.grad_accum_steps):
                 chunk = batch[j * micro : (j + 1) * micro]
-                views = [augment_batch(chunk, recipe, gen).contiguous(memory_format=memory_format)
+                views = [render_view(chunk, recipe, gen).contiguous(memory_format=memory_format)
                          for _ in range(_unwrap(model).num_views)]
                 # DDP all-reduces only on the last micro-batch; earlier ones just accumulate locally
                 sync = model.no_sync() if (j + 1 < tc.grad_accum_steps and hasattr(model, "no_sync")) else nullcontext()
@@ -442,6 +443,8 @@ def pretrain(
             "config": config_to_dict(cfg),
             # ScalingConfig(num_workers=0) runs in this process and persists no checkpoints itself
             "local_checkpoint_dir": str(run_dir / name / "local_checkpoints") if tc.num_workers == 0 else None,
+            # told, not probed: Ray's in-process mode asserts on a missing dataset shard
+            "has_val": val_dataset is not None,
         },
         scaling_config=ScalingConfig(
             num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker={"CPU": tc.cpus_per_worker}

@@ -41,6 +41,7 @@ def test_overrides_are_parsed_as_yaml_and_validated() -> None:
         ({"method": {"temperature": 0}}, "method.temperature", "[0.001, 10]"),
         ({"train": {"batch_size": 255}}, "train.batch_size", "multiple of train.num_workers"),
         ({"augment": {"crop_scale_min": 0.9, "crop_scale_max": 0.5}}, "augment.crop_scale_min", "min <= max"),
+        ({"augment": {"renderer": "pil"}}, "augment.renderer", "'batched' or 'torchvision'"),
         ({"train": 5}, "train", "a mapping with keys"),
         ({"curate": {"balance_fraction": 0.5}}, "curate.embedder", "'random_convnet' or 'checkpoint'"),
         ({"curate": {"balance_levels": [10, 100]}}, "curate.balance_levels", "finest level first"),

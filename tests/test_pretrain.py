@@ -190,6 +190,15 @@ def test_bf16_autocast_trains_with_fp32_weights_and_says_so(digits_dataset, held
     assert floats and all(t.dtype == torch.float32 for t in floats)  # autocast leaves the master weights fp32
 
 
+def test_the_torchvision_reference_renderer_trains_in_the_same_loop(digits_dataset, tmp_path: Path) -> None:
+    """augment.renderer=torchvision swaps only the view renderer: the loop, loss and checkpoint are the same."""
+    cfg = small_config(tmp_path, epochs=1)
+    cfg.augment.renderer = "torchvision"
+    result = pretrain(cfg, digits_dataset, tmp_path)
+    assert result.history[-1]["step"] >= 1 and np.isfinite(result.history[-1]["loss"])
+    assert result.checkpoint_path is not None
+
+
 def test_two_workers_each_train_on_every_class_even_from_class_sorted_shards(ray_session, mnist_digits, tmp_path: Path) -> None:
     """A class-sorted input (ImageFolder order) cut into two blocks would give each worker half the classes:
     the pool is shuffled before Ray Train splits it, so rank 0's pool holds all ten digits."""

@@ -25,6 +25,7 @@ from ssl_models.augment import (
     augment_batch,
     sample_view_params,
     torchvision_recipe,
+    torchvision_views,
 )
 
 N = 4000
@@ -161,3 +162,73 @@ def test_augment_batch_is_reproducible_and_varies_per_sample() -> None:
     assert a.shape == (8, 3, 32, 32)
     distinct = {tuple(v.flatten()[:64].tolist()) for v in a}
     assert len(distinct) == 8
+
+
+def test_torchvision_renderer_is_reproducible_and_leaves_the_global_rng_alone() -> None:
+    """The reference renderer seeds torchvision from the caller's generator inside a forked RNG state."""
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    recipe = ViewRecipe(flip_prob=0.5, grayscale_prob=0.2)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = torchvision_views(images, recipe, torch.Generator().manual_seed(1))
+    assert torch.equal(torch.get_rng_state(), before)
+    b = torchvision_views(images, recipe, torch.Generator().manual_seed(1))
+    c = torchvision_views(images, recipe, torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.shape == (6, 3, 32, 32) and a.dtype == torch.float32
+    assert -1.0 - 1e-6 <= float(a.min()) and float(a.max()) <= 1.0 + 1e-6  # normalised with mean 0.5, std 0.5
+
+
+def test_torchvision_renderer_is_the_recipe_applied_image_by_image() -> None:
+    """Same seed into torchvision's own pipeline, one image at a time: the same pixels."""
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    recipe = ViewRecipe(flip_prob=0.5, grayscale_prob=0.2)
+    gen = torch.Generator().manual_seed(7)
+    seed = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(7)))
+    ours = torchvision_views(images, recipe, gen)
+    pipeline = torchvision_recipe(recipe)
+    torch.manual_seed(seed)
+    theirs = torch.stack([pipeline(image) for image in images])
+    torch.testing.assert_close(ours, theirs.as_subclass(torch.Tensor), atol=0, rtol=0)
+
+
+def test_torchvision_renderer_refuses_float_images() -> None:
+    with pytest.raises(TypeError, match="uint8"):
+        torchvision_views(torch.rand(2, 3, 32, 32), ViewRecipe())
+
+
+def test_batched_colour_jitter_is_torchvisions_ops_in_each_samples_order() -> None:
+    """Per sample: torchvision's adjust_* functionals with the same factors, in that sample's drawn order."""
+    from torchvision.transforms.v2 import functional as TF
+
+    n = 24
+    recipe = ViewRecipe(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_prob=0.0, jitter_prob=1.0,
+                        jitter_strength=1.0, grayscale_prob=0.0)
+    images = torch.rand(n, 3, 16, 16)
+    params = sample_view_params(n, recipe, generator=torch.Generator().manual_seed(3))
+    assert len({tuple(o.tolist()) for o in params.jitter_order}) > 6  # orders really vary per sample
+    ours = apply_view_params(images, params, ViewRecipe(size=16, mean=(0.0,), std=(1.0,)))
+    ops = [
+        lambda x, i: TF.adjust_brightness(x, float(params.brightness[i])),
+        lambda x, i: TF.adjust_contrast(x, float(params.contrast[i])),
+        lambda x, i: TF.adjust_saturation(x, float(params.saturation[i])),
+        lambda x, i: TF.adjust_hue(x, float(params.hue[i])),
+    ]
+    for i in range(n):
+        ref = images[i]
+        for op in params.jitter_order[i].tolist():
+            ref = ops[op](ref, i)
+        torch.testing.assert_close(ours[i], ref, atol=1e-4, rtol=0)
+
+
+def test_colour_jitter_row_gather_and_whole_batch_select_give_the_same_pixels() -> None:
+    """The CPU path (ops on the rows that drew them) and the GPU path (every op, then where) agree."""
+    from ssl_models.augment import _colour_jitter
+
+    recipe = ViewRecipe(jitter_prob=1.0, jitter_strength=1.0)
+    params = sample_view_params(32, recipe, generator=torch.Generator().manual_seed(5))
+    images = torch.rand(32, 3, 8, 8)
+    gathered = _colour_jitter(images, params, gather_rows=True)
+    selected = _colour_jitter(images, params, gather_rows=False)
+    torch.testing.assert_close(gathered, selected, atol=1e-6, rtol=0)
+    assert not torch.allclose(gathered, images)  # the jitter did something
