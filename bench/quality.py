@@ -3,7 +3,8 @@
 Both systems train the same recipe on the same train images, one after the other (never at once):
 
 - LightlySSL's CIFAR-10 SimCLR recipe: ResNet-18 with the CIFAR stem, batch 256, SGD lr 0.06*bs/128,
-  momentum 0.9, weight decay 5e-4, cosine schedule over the run, projection head 512->512->128,
+  momentum 0.9, weight decay 5e-4, cosine schedule over the run, projection head 512->512->128 with
+  BatchNorm after both linear layers (lightly 1.6's ``SimCLRProjectionHead``; ``method.proj_output_bn=true``),
   NT-Xent with temperature 0.5 (``NTXentLoss()``'s default, as in lightly's cifar10_benchmark.py),
   views without blur and with colour-jitter strength 0.5 (the benchmark's ``SimCLRCollateFunction``
   defaults, spelled ``SimCLRTransform(cj_strength=0.5, gaussian_blur=0.0)`` in lightly 1.6), fp32 (or, with
@@ -218,6 +219,7 @@ def sslpipe_config(run_dir: Path, args) -> RunConfig:
         "backbone.name=resnet18", "backbone.cifar_stem=true",
         "method.name=simclr", f"method.temperature={TEMPERATURE}",
         f"method.proj_hidden_dim={PROJ_HIDDEN}", f"method.proj_dim={PROJ_DIM}",
+        "method.proj_output_bn=true",  # SimCLRProjectionHead ends in a BatchNorm
         f"augment.crop_scale_min={MIN_SCALE}", "augment.crop_scale_max=1.0", f"augment.flip_prob={FLIP_PROB}",
         f"augment.jitter_prob={CJ_PROB}", f"augment.jitter_strength={CJ_STRENGTH}",
         f"augment.grayscale_prob={GRAY_PROB}", "augment.blur_prob=0.0",
@@ -351,7 +353,7 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "SimCLR ResNet-18 (CIFAR stem) on CIFAR-10: LightlySSL plain torch loop vs sslpipe on Ray Train",
         "recipe": {"batch": args.batch, "epochs": args.epochs, "lr": BASE_LR * args.batch / 128, "momentum": MOMENTUM,
                    "weight_decay": WEIGHT_DECAY, "schedule": "cosine over all steps, no warm-up",
-                   "temperature": TEMPERATURE, "projection_head": f"512->{PROJ_HIDDEN}->{PROJ_DIM}",
+                   "temperature": TEMPERATURE, "projection_head": f"512->{PROJ_HIDDEN}->{PROJ_DIM}, BatchNorm after both linear layers",
                    "views": f"crop scale ({MIN_SCALE}, 1), flip {FLIP_PROB}, colour jitter p={CJ_PROB} s={CJ_STRENGTH}, "
                             f"grayscale {GRAY_PROB}, no blur", "precision": args.precision},
         "train_images": len(train_items), "test_images": len(test_items), "cores": os.cpu_count(),

@@ -175,6 +175,8 @@ class MethodConfig:
     temperature: float = 0.2
     proj_hidden_dim: int = 256
     proj_dim: int = 64
+    #: a BatchNorm on the projector's output (SimCLR v2's and LightlySSL's SimCLR head); simclr, dcl, dclw
+    proj_output_bn: bool = False
 
     def validate(self, path: str) -> None:
         _check(0.001 <= self.temperature <= 10.0, f"{path}.temperature", "a number in [0.001, 10]")

@@ -43,6 +43,7 @@ def build_method_from_config(cfg: RunConfig, num_samples: int | None = None) -> 
         "temperature": cfg.method.temperature,
         "proj_hidden_dim": cfg.method.proj_hidden_dim,
         "proj_dim": cfg.method.proj_dim,
+        "proj_output_bn": cfg.method.proj_output_bn,
         "img_size": cfg.data.image_size,
         "in_chans": cfg.data.channels,
     }

@@ -39,9 +39,15 @@ def mlp_head(
     return nn.Sequential(*layers)
 
 
-def projection_head(in_dim: int, hidden_dim: int = 2048, out_dim: int = 128, num_layers: int = 2) -> nn.Sequential:
-    """SimCLR-style projection head: ``num_layers`` linear layers, BN in hidden layers."""
+def projection_head(in_dim: int, hidden_dim: int = 2048, out_dim: int = 128, num_layers: int = 2,
+                    output_batch_norm: bool = False) -> nn.Sequential:
+    """SimCLR-style projection head: ``num_layers`` linear layers, BN in hidden layers.
+
+    ``output_batch_norm`` adds a BatchNorm after the last linear layer, as SimCLR v2's
+    head and LightlySSL's ``SimCLRProjectionHead`` have: it centres and whitens each
+    output coordinate over the batch before the embeddings are L2-normalised.
+    """
     if num_layers < 1:
         raise ValueError(f"num_layers must be >= 1, got {num_layers}")
     dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
-    return mlp_head(dims)
+    return mlp_head(dims, last_batch_norm=output_batch_norm)

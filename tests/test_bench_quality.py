@@ -118,3 +118,16 @@ def test_init_knn_scores_the_weights_pretrain_starts_from(quality, tmp_path: Pat
     assert all(torch.equal(first[k], again[k]) for k in first)
     other = build_method_from_config(quality.sslpipe_config(tmp_path, _args(seed=1))).backbone.state_dict()
     assert not torch.equal(first["conv1.weight"], other["conv1.weight"])
+
+
+def test_sslpipe_projection_head_is_lightlys_simclr_head(quality, tmp_path: Path) -> None:
+    """lightly 1.6's SimCLRProjectionHead(512, 512, 128): Linear(no bias), BN, ReLU, Linear(no bias), BN."""
+    from torch import nn
+
+    from pipelines.models import build_method_from_config
+
+    cfg = quality.sslpipe_config(tmp_path, _args())
+    head = build_method_from_config(cfg).projector
+    assert [type(m) for m in head] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear, nn.BatchNorm1d]
+    assert [(m.in_features, m.out_features, m.bias is None) for m in head if isinstance(m, nn.Linear)] == [
+        (512, 512, True), (512, 128, True)]

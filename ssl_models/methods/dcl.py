@@ -25,9 +25,10 @@ class DCL(SimCLR):
         temperature: float = 0.1,
         proj_hidden_dim: int = 2048,
         proj_dim: int = 128,
+        proj_output_bn: bool = False,
     ) -> None:
         super().__init__(backbone, feature_dim, temperature=temperature, proj_hidden_dim=proj_hidden_dim,
-                         proj_dim=proj_dim)
+                         proj_dim=proj_dim, proj_output_bn=proj_output_bn)
         self.sigma = 0.5
 
     def pair_loss(self, z1: Tensor, z2: Tensor) -> Tensor:
@@ -48,6 +49,8 @@ class DCLW(DCL):
         proj_hidden_dim: int = 2048,
         proj_dim: int = 128,
         sigma: float = 0.5,
+        proj_output_bn: bool = False,
     ) -> None:
-        super().__init__(backbone, feature_dim, temperature=temperature, proj_hidden_dim=proj_hidden_dim, proj_dim=proj_dim)
+        super().__init__(backbone, feature_dim, temperature=temperature, proj_hidden_dim=proj_hidden_dim, proj_dim=proj_dim,
+                         proj_output_bn=proj_output_bn)
         self.sigma = sigma

@@ -20,12 +20,13 @@ class SimCLR(TwoViewMethod):
         temperature: float = 0.5,
         proj_hidden_dim: int = 2048,
         proj_dim: int = 128,
+        proj_output_bn: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.feature_dim = feature_dim
         self.temperature = temperature
-        self.projector = projection_head(feature_dim, proj_hidden_dim, proj_dim)
+        self.projector = projection_head(feature_dim, proj_hidden_dim, proj_dim, output_batch_norm=proj_output_bn)
 
     def pair_loss(self, z1: Tensor, z2: Tensor) -> Tensor:
         """The contrastive loss of two projected views; variants (DCL) override only this."""

@@ -250,3 +250,21 @@ def test_torch_default_conv_init_has_the_smaller_norm_that_batchnorm_turns_into_
     assert 5.0 < turn_small / turn_big < 7.0
     with pytest.raises(ValueError, match="conv_init"):
         build_backbone("resnet18", conv_init="xavier")
+
+
+@pytest.mark.parametrize("name", ["simclr", "dcl", "dclw"])
+def test_projector_output_batchnorm_centres_each_output_coordinate_over_the_batch(name: str) -> None:
+    """``proj_output_bn`` (LightlySSL's and SimCLR v2's head) ends the projector in a BatchNorm:
+    in training each output coordinate has batch mean 0 and variance 1 before the L2 normalisation."""
+    backbone, dim = build_backbone("convnet_small", in_channels=1, width=8)
+    plain = build_method(name, backbone, dim, **SMALL_HEAD)
+    with_bn = build_method(name, backbone, dim, **SMALL_HEAD, proj_output_bn=True)
+    assert not isinstance(plain.projector[-1], nn.BatchNorm1d)
+    assert isinstance(with_bn.projector[-1], nn.BatchNorm1d)
+    with_bn.train()
+    z = with_bn.projector(torch.randn(64, dim) + 3.0)
+    torch.testing.assert_close(z.mean(0), torch.zeros(z.shape[1]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.var(0, unbiased=False), torch.ones(z.shape[1]), atol=1e-3, rtol=0)
+    loss, _ = with_bn([torch.randn(8, 1, 28, 28), torch.randn(8, 1, 28, 28)])
+    loss.backward()
+    assert with_bn.projector[-1].weight.grad is not None
