@@ -3,7 +3,9 @@
 Both systems train the same recipe on the same train images, one after the other (never at once):
 
 - LightlySSL's CIFAR-10 SimCLR recipe: ResNet-18 with the CIFAR stem, batch 256, SGD lr 0.06*bs/128,
-  momentum 0.9, weight decay 5e-4, cosine schedule over the run, projection head 512->512->128 with
+  momentum 0.9, weight decay 5e-4, cosine schedule over the run, no ReLU after the stem (lightly's benchmark
+  builds its backbone as ``nn.Sequential`` over ``ResNetGenerator``'s children, which loses the ReLU that
+  ``ResNetGenerator.forward`` applies functionally; ``backbone.stem_relu=false``), projection head 512->512->128 with
   BatchNorm after both linear layers (lightly 1.6's ``SimCLRProjectionHead``; ``method.proj_output_bn=true``),
   NT-Xent with temperature 0.5 (``NTXentLoss()``'s default, as in lightly's cifar10_benchmark.py),
   views without blur and with colour-jitter strength 0.5 (the benchmark's ``SimCLRCollateFunction``
@@ -66,8 +68,10 @@ KNOWN_DIFFERENCES = [
     "the same; --sslpipe-set augment.renderer=torchvision renders sslpipe's views per image through torchvision.",
     "normalisation: lightly ImageNet mean/std, sslpipe 0.5/0.5 (not configurable); a per-channel affine input "
     "change is absorbed by the bias-free first conv + BatchNorm, so the model class is the same.",
-    "backbone: same ResNet-18 CIFAR-stem architecture, but lightly's ResNetGenerator (PyTorch default init) vs "
-    "torchvision resnet18 with the CIFAR stem (kaiming init; backbone.conv_init=torch_default gives lightly's).",
+    "backbone: same ResNet-18 CIFAR-stem architecture (without the stem ReLU, which lightly's benchmark backbone, "
+    "nn.Sequential over ResNetGenerator's children, drops; backbone.stem_relu=false), but lightly's ResNetGenerator "
+    "(PyTorch default init) vs torchvision resnet18 with the CIFAR stem (kaiming init; backbone.conv_init=torch_default "
+    "gives lightly's).",
     "BatchNorm statistics: per DDP worker in sslpipe (local batch = batch / workers, no SyncBN, as lightly's "
     "benchmark with distributed=True); lightly's loop sees the whole batch. NT-Xent negatives are gathered "
     "across workers, so the contrastive objective is the full-batch one in both. Each worker's pool is an iid "
@@ -132,13 +136,22 @@ def lightly_transform():
                            random_gray_scale=GRAY_PROB, gaussian_blur=0.0, hf_prob=FLIP_PROB)
 
 
+def lightly_backbone() -> torch.nn.Module:
+    """The backbone exactly as LightlySSL's CIFAR-10 benchmark builds it: ``nn.Sequential`` over
+    ``ResNetGenerator``'s children without the classifier. The ReLU that ``ResNetGenerator.forward`` applies
+    after the stem's BatchNorm is functional, not a child, so this backbone has none there."""
+    from lightly.models import ResNetGenerator
+    from torch import nn
+
+    resnet = ResNetGenerator("resnet-18")
+    return nn.Sequential(*list(resnet.children())[:-1], nn.AdaptiveAvgPool2d(1))
+
+
 def run_lightly(root: Path, train_items, args, bank, queries) -> dict:
     """A plain torch loop written the way LightlySSL's docs and CIFAR-10 benchmark write it."""
     import torchvision
     from lightly.loss import NTXentLoss
-    from lightly.models import ResNetGenerator
     from lightly.models.modules import SimCLRProjectionHead
-    from torch import nn
 
     torch.manual_seed(args.seed)
     dataset = torchvision.datasets.ImageFolder(str(root / "train"), transform=lightly_transform())
@@ -148,8 +161,7 @@ def run_lightly(root: Path, train_items, args, bank, queries) -> dict:
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch, shuffle=True, drop_last=True,
                                          num_workers=args.loader_workers)
 
-    resnet = ResNetGenerator("resnet-18")
-    backbone = nn.Sequential(*list(resnet.children())[:-1], nn.AdaptiveAvgPool2d(1))
+    backbone = lightly_backbone()
     head = SimCLRProjectionHead(512, PROJ_HIDDEN, PROJ_DIM)
     criterion = NTXentLoss(temperature=TEMPERATURE)
     params = list(backbone.parameters()) + list(head.parameters())
@@ -217,6 +229,7 @@ def sslpipe_config(run_dir: Path, args) -> RunConfig:
         f"run_dir={run_dir}", f"seed={args.seed}",
         "data.image_size=32", "data.channels=3",
         "backbone.name=resnet18", "backbone.cifar_stem=true",
+        "backbone.stem_relu=false",  # nn.Sequential(*ResNetGenerator.children()[:-1]) drops the stem ReLU
         "method.name=simclr", f"method.temperature={TEMPERATURE}",
         f"method.proj_hidden_dim={PROJ_HIDDEN}", f"method.proj_dim={PROJ_DIM}",
         "method.proj_output_bn=true",  # SimCLRProjectionHead ends in a BatchNorm
@@ -353,7 +366,8 @@ def main(argv: list[str] | None = None) -> dict:
         "benchmark": "SimCLR ResNet-18 (CIFAR stem) on CIFAR-10: LightlySSL plain torch loop vs sslpipe on Ray Train",
         "recipe": {"batch": args.batch, "epochs": args.epochs, "lr": BASE_LR * args.batch / 128, "momentum": MOMENTUM,
                    "weight_decay": WEIGHT_DECAY, "schedule": "cosine over all steps, no warm-up",
-                   "temperature": TEMPERATURE, "projection_head": f"512->{PROJ_HIDDEN}->{PROJ_DIM}, BatchNorm after both linear layers",
+                   "temperature": TEMPERATURE, "backbone": "ResNet-18, CIFAR stem, no ReLU after the stem",
+                   "projection_head": f"512->{PROJ_HIDDEN}->{PROJ_DIM}, BatchNorm after both linear layers",
                    "views": f"crop scale ({MIN_SCALE}, 1), flip {FLIP_PROB}, colour jitter p={CJ_PROB} s={CJ_STRENGTH}, "
                             f"grayscale {GRAY_PROB}, no blur", "precision": args.precision},
         "train_images": len(train_items), "test_images": len(test_items), "cores": os.cpu_count(),

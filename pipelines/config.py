@@ -156,6 +156,10 @@ class BackboneConfig:
     #: learning rate: torch_default's 3-6x smaller squared norms turn the weights 3-6x faster per step.
     #: Measured (docs/BENCHMARKS.md): the same kNN gain in one CIFAR-10 epoch from a 3.1-point worse start
     conv_init: Literal["kaiming_fan_out", "torch_default"] = "kaiming_fan_out"
+    #: ResNets: the ReLU after the stem's BatchNorm. LightlySSL's benchmarks build their backbone as
+    #: ``nn.Sequential(*ResNetGenerator(...).children()[:-1])``, which drops it (ResNetGenerator applies it
+    #: functionally in ``forward``), so the first block sees the signed BatchNorm output. false builds that.
+    stem_relu: bool = True
 
     def validate(self, path: str) -> None:
         _check(self.width >= 4, f"{path}.width", "an integer >= 4")

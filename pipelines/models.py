@@ -37,7 +37,7 @@ def build_method_from_config(cfg: RunConfig, num_samples: int | None = None) -> 
     backbone, dim = build_backbone(
         name, in_channels=cfg.data.channels, cifar_stem=b.cifar_stem, width=b.width,
         img_size=cfg.data.image_size, patch_size=b.patch_size, vit_depth=b.vit_depth or None,
-        zero_init_residual=b.zero_init_residual, conv_init=b.conv_init,
+        zero_init_residual=b.zero_init_residual, conv_init=b.conv_init, stem_relu=b.stem_relu,
     )
     offered = {
         "temperature": cfg.method.temperature,

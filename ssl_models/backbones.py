@@ -52,8 +52,11 @@ class SmallConvNet(nn.Module):
 
 
 def _torchvision_resnet(factory: Callable[..., nn.Module], in_channels: int, cifar_stem: bool,
-                        zero_init_residual: bool = False, conv_init: str = "kaiming_fan_out") -> tuple[nn.Module, int]:
+                        zero_init_residual: bool = False, conv_init: str = "kaiming_fan_out",
+                        stem_relu: bool = True) -> tuple[nn.Module, int]:
     net = factory(weights=None, zero_init_residual=zero_init_residual)
+    if not stem_relu:  # torchvision's ResNet uses ``net.relu`` only in the stem; each block has its own
+        net.relu = nn.Identity()
     if cifar_stem:
         net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
         net.maxpool = nn.Identity()
@@ -84,6 +87,7 @@ def build_backbone(
     vit_depth: int | None = None,
     zero_init_residual: bool = False,
     conv_init: str = "kaiming_fan_out",
+    stem_relu: bool = True,
 ) -> tuple[nn.Module, int]:
     """Build an encoder by name; returns ``(module, feature_dim)``.
 
@@ -94,14 +98,18 @@ def build_backbone(
     ``nn.Conv2d`` init, whose weights have 1/3 to 1/6 of the squared norm. Every such conv feeds a
     BatchNorm, so the output does not depend on the scale but the step does: the same learning rate turns
     the weights' direction 3-6x faster from the smaller norm (the effective-LR of scale-invariant weights).
+    ``stem_relu=False`` (ResNets only) drops the ReLU after the stem's BatchNorm, as LightlySSL's benchmark
+    backbones do (``nn.Sequential`` over ``ResNetGenerator``'s children loses the functional ReLU).
     """
     if name == "convnet_small":
         net = SmallConvNet(in_channels, width)
         return net, net.out_dim
     if name == "resnet18":
-        return _torchvision_resnet(torchvision.models.resnet18, in_channels, cifar_stem, zero_init_residual, conv_init)
+        return _torchvision_resnet(torchvision.models.resnet18, in_channels, cifar_stem, zero_init_residual, conv_init,
+                                  stem_relu)
     if name == "resnet50":
-        return _torchvision_resnet(torchvision.models.resnet50, in_channels, cifar_stem, zero_init_residual, conv_init)
+        return _torchvision_resnet(torchvision.models.resnet50, in_channels, cifar_stem, zero_init_residual, conv_init,
+                                  stem_relu)
     if name in VIT_CONFIGS:  # mean-pooled ViT; MAE/SiameseIM take it as their encoder, others as any backbone
         vit = build_vit(name, img_size=img_size, patch_size=patch_size, in_chans=in_channels, depth=vit_depth)
         return vit, vit.embed_dim

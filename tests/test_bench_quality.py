@@ -33,6 +33,7 @@ def _args(**kw) -> argparse.Namespace:
 def test_sslpipe_config_is_lightlys_cifar10_recipe(quality, tmp_path: Path) -> None:
     cfg = quality.sslpipe_config(tmp_path, _args(epochs=3, batch=512))
     assert (cfg.backbone.name, cfg.backbone.cifar_stem, cfg.method.name) == ("resnet18", True, "simclr")
+    assert not cfg.backbone.stem_relu  # lightly's Sequential-over-children backbone has no stem ReLU
     assert (cfg.method.temperature, cfg.method.proj_hidden_dim, cfg.method.proj_dim) == (0.5, 512, 128)
     t = cfg.train
     assert (t.optimizer, t.lr, t.weight_decay, t.batch_size, t.epochs) == ("sgd", 0.06 * 512 / 128, 5e-4, 512, 3)
@@ -131,3 +132,26 @@ def test_sslpipe_projection_head_is_lightlys_simclr_head(quality, tmp_path: Path
     assert [type(m) for m in head] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear, nn.BatchNorm1d]
     assert [(m.in_features, m.out_features, m.bias is None) for m in head if isinstance(m, nn.Linear)] == [
         (512, 512, True), (512, 128, True)]
+
+
+@pytest.mark.parametrize("stem_relu", [False, True])
+def test_sslpipe_backbone_computes_lightlys_benchmark_backbone_only_without_the_stem_relu(
+        quality, tmp_path: Path, stem_relu: bool) -> None:
+    """Given lightly's weights, the bench's sslpipe backbone is the same function as the lightly loop's
+    (``nn.Sequential`` over ``ResNetGenerator``'s children, which has no stem ReLU); with the ReLU it is not."""
+    import torch
+
+    from pipelines.models import build_method_from_config
+
+    torch.manual_seed(0)
+    theirs = quality.lightly_backbone()
+    cfg = quality.sslpipe_config(tmp_path, _args(sslpipe_set=[f"backbone.stem_relu={str(stem_relu).lower()}"]))
+    ours = build_method_from_config(cfg).backbone
+    # the same module order (conv1, bn1, blocks of conv1, bn1, conv2, bn2, shortcut/downsample), so copy by position
+    src, dst = list(theirs.state_dict().values()), ours.state_dict()
+    assert len(src) == len(dst) and all(a.shape == b.shape for a, b in zip(src, dst.values()))
+    ours.load_state_dict(dict(zip(dst, src)))
+    x = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        same = torch.allclose(ours(x).flatten(1), theirs(x).flatten(1), atol=1e-5)
+    assert same != stem_relu

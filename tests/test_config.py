@@ -92,3 +92,14 @@ def test_backbone_zero_init_residual_reaches_the_resnet() -> None:
     blocks = [m for m in build_method_from_config(cfg).backbone.modules()
               if isinstance(m, torchvision.models.resnet.BasicBlock)]
     assert len(blocks) == 8 and all(torch.all(b.bn2.weight == 0) for b in blocks)
+
+
+def test_backbone_stem_relu_false_reaches_the_resnet() -> None:
+    import torch
+
+    from pipelines.models import build_method_from_config
+
+    base = ["backbone.name=resnet18", "data.channels=3", "data.image_size=32"]
+    with_relu = build_method_from_config(load_config(None, base)).backbone
+    without = build_method_from_config(load_config(None, [*base, "backbone.stem_relu=false"])).backbone
+    assert isinstance(with_relu.relu, torch.nn.ReLU) and isinstance(without.relu, torch.nn.Identity)

@@ -224,6 +224,21 @@ def test_zero_init_residual_makes_every_resnet_block_start_as_the_identity() -> 
     assert any(torch.any(m.bn2.weight != 0) for m in plain.modules() if isinstance(m, torchvision.models.resnet.BasicBlock))
 
 
+def test_stem_relu_false_feeds_the_signed_stem_batchnorm_output_to_the_first_block() -> None:
+    """LightlySSL's benchmark backbone (``nn.Sequential`` over ``ResNetGenerator``'s children) has no stem
+    ReLU; ``stem_relu=False`` builds that, and only the stem changes (every block keeps its own ReLUs)."""
+    seen: dict[str, torch.Tensor] = {}
+    x = torch.randn(4, 3, 16, 16)
+    for relu in (True, False):
+        torch.manual_seed(0)
+        net, _ = build_backbone("resnet18", in_channels=3, cifar_stem=True, stem_relu=relu)
+        net.layer1.register_forward_pre_hook(lambda _m, args, relu=relu: seen.__setitem__(relu, args[0]))
+        net(x)
+        assert sum(isinstance(m, torch.nn.ReLU) for m in net.modules()) == (9 if relu else 8)
+    assert (seen[True] >= 0).all() and (seen[False] < 0).any()
+    assert torch.allclose(seen[True], seen[False].clamp_min(0))  # same weights: the ReLU is the only difference
+
+
 def test_torch_default_conv_init_has_the_smaller_norm_that_batchnorm_turns_into_a_larger_step() -> None:
     """Behind BatchNorm a conv's scale does not change the output, only how far one SGD step turns it."""
     torch.manual_seed(0)
