@@ -592,6 +592,33 @@ def test_local_ray_dashboard_binds_to_loopback_unless_asked(monkeypatch) -> None
     assert load_config(None).ray.dashboard_host == "127.0.0.1"
 
 
+def test_local_ray_drops_idle_processes_but_a_cluster_join_and_the_users_env_win(monkeypatch) -> None:
+    """A Ray we start reaps idle pooled workers and starts no preemption watcher (one node has no
+    preemptible peers); joining a cluster passes neither, and a value the user exported is kept."""
+    import os
+
+    import ray
+
+    from pipelines import ray_runtime
+    from pipelines.config import RayConfig
+
+    calls = []
+    ctx = ray.data.DataContext.get_current()
+    monkeypatch.setattr(ctx, "enable_progress_bars", ctx.enable_progress_bars)
+    monkeypatch.setattr(ray_runtime.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray_runtime.ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", raising=False)
+    ray_runtime.ensure_ray(RayConfig())
+    assert calls[0]["_system_config"] == {"num_workers_soft_limit": 0, "idle_worker_killing_time_threshold_ms": 10_000}
+    assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "1")  # the user wants it: theirs wins
+    ray_runtime.ensure_ray(RayConfig())
+    assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "1"
+    ray_runtime.ensure_ray(RayConfig(address="ray://head:10001"))
+    assert "_system_config" not in calls[2]
+
+
 def test_running_dashboard_listens_on_loopback_only(ray_session) -> None:
     """On the session's real Ray: the dashboard url and every listening socket on its port are 127.0.0.1."""
     import psutil  # ray ships it (ray/thirdparty_files), importable once ray is
