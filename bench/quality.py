@@ -254,7 +254,7 @@ def run_sslpipe(root: Path, work: Path, args, bank, queries) -> dict:
     from pipelines.evaluate import embed as sslpipe_embed
     from pipelines.models import build_method_from_config
     from pipelines.pretrain import load_backbone, pretrain
-    from pipelines.ray_runtime import local_ray_init_kwargs
+    from pipelines.ray_runtime import init_local_ray
     from pipelines.sources import shard_source
 
     # a fresh run directory each time: pretrain() resumes from any checkpoint it finds in an old one
@@ -265,7 +265,7 @@ def run_sslpipe(root: Path, work: Path, args, bank, queries) -> dict:
     shard_s = time.perf_counter() - t0
 
     # as pipelines.ray_runtime.ensure_ray, but always a Ray of our own (others may run one on this machine)
-    ray.init(address="local", object_store_memory=1024**3, **local_ray_init_kwargs(cfg.ray))
+    init_local_ray(cfg.ray, address="local", object_store_memory=1024**3)
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         dataset = read_decoded(report.paths, cfg.data.image_size, cfg.data.channels).select_columns(["image", "label"])

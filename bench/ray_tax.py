@@ -16,8 +16,15 @@ runs
 - ``none``: with no Ray on the machine,
 - ``ray-defaults``: beside an idle local Ray started with Ray's defaults, holding the 8 idle
   actors a training run holds and the pooled workers a data read leaves,
-- ``sslpipe-local``: the same, started as ``pipelines.ray_runtime.ensure_ray`` starts a local Ray
-  (idle pooled workers reaped after 10 s, no preemption watcher, so 7 actors).
+- ``sslpipe-local-normal``: the same, started with sslpipe's local settings (idle pooled workers
+  reaped after 10 s, no preemption watcher, so 7 actors) but Linux's normal scheduling policy,
+- ``sslpipe-local``: the same as ``pipelines.ray_runtime.ensure_ray`` starts it, whose processes
+  also run under ``SCHED_BATCH`` (a waking batch thread does not preempt the running one). The
+  pair tells whether the tax is the preemptions Ray's wake-ups force on the training thread, or
+  the CPU they use.
+
+Each training process also reports how often it was preempted (involuntary context switches
+per second, from ``/proc/self/status``).
 
 Conditions are interleaved over ``--rounds`` to spread machine drift. Prints JSON, then a table.
 
@@ -41,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 #: cleaner, synchronisation actor, dataset manager and preemption watcher; Ray Data's split
 #: coordinator, stats actor and autoscaling coordinator
 TRAIN_RUN_ACTORS = 8
-CONDITIONS = ("none", "ray-defaults", "sslpipe-local")
+CONDITIONS = ("none", "ray-defaults", "sslpipe-local-normal", "sslpipe-local")
 
 
 def stepper(seconds: float, batch: int, precision: str) -> None:
@@ -68,16 +75,27 @@ def stepper(seconds: float, batch: int, precision: str) -> None:
 
     step()  # warm-up: oneDNN picks and JITs its kernels
     times: list[float] = []
+    switches0 = involuntary_switches()
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
-    print(json.dumps({"step_s": times, "precision": str(dtype)}), flush=True)
+    preempted_per_s = (involuntary_switches() - switches0) / (time.perf_counter() - t0)
+    print(json.dumps({"step_s": times, "precision": str(dtype), "preempted_per_s": preempted_per_s}), flush=True)
 
 
-def run_steppers(processes: int, seconds: float, batch: int, precision: str) -> list[float]:
-    """Per-process median step times of ``processes`` steppers run at once."""
+def involuntary_switches(pid: int | str = "self") -> int:
+    """How often the kernel has taken the CPU from this process's threads so far (all threads summed)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("nonvoluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/{pid}/status has no nonvoluntary_ctxt_switches line")
+
+
+def run_steppers(processes: int, seconds: float, batch: int, precision: str) -> list[dict]:
+    """Per-process median step time and preemptions per second of ``processes`` steppers run at once."""
     from pipelines.allocator import resolve_allocator
 
     # the allocator Ray Train workers get (train.allocator=auto), so the step is theirs
@@ -85,13 +103,15 @@ def run_steppers(processes: int, seconds: float, batch: int, precision: str) -> 
     cmd = [sys.executable, __file__, "--stepper", "--seconds", str(seconds), "--batch", str(batch),
            "--precision", precision]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) for _ in range(processes)]
-    medians = []
+    results = []
     for proc in procs:
         out, _ = proc.communicate()
         if proc.returncode != 0:
             raise RuntimeError(f"a training process failed (exit {proc.returncode}); run with --stepper to see why")
-        medians.append(statistics.median(json.loads(out.strip().splitlines()[-1])["step_s"]))
-    return medians
+        report = json.loads(out.strip().splitlines()[-1])
+        results.append({"median_step_s": statistics.median(report["step_s"]),
+                        "preempted_per_s": report["preempted_per_s"]})
+    return results
 
 
 def ray_pids() -> set[int]:
@@ -119,10 +139,11 @@ def start_idle_ray(condition: str):
     import ray
 
     from pipelines.config import RayConfig
-    from pipelines.ray_runtime import local_ray_init_kwargs
+    from pipelines.ray_runtime import init_local_ray
 
-    if condition == "sslpipe-local":
-        ray.init(address="local", **local_ray_init_kwargs(RayConfig()))
+    if condition.startswith("sslpipe-local"):
+        init_local_ray(RayConfig(local_scheduling="normal" if condition.endswith("-normal") else "batch"),
+                       address="local")
         actors = TRAIN_RUN_ACTORS - 1  # no preemption watcher
     else:
         ray.init(address="local", num_cpus=2 * (os.cpu_count() or 1), include_dashboard=True,
@@ -163,6 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
     from bench.cpusplit import CpuSplit
 
     medians: dict[str, list[float]] = {c: [] for c in CONDITIONS}
+    preempted: dict[str, list[float]] = {c: [] for c in CONDITIONS}
     ray_share: dict[str, list[float]] = {c: [] for c in CONDITIONS}
     ray_count: dict[str, list[int]] = {c: [] for c in CONDITIONS}
     for rnd in range(args.rounds):
@@ -172,7 +194,9 @@ def main(argv: list[str] | None = None) -> dict:
             try:
                 ray_count[condition].append(len(ray_pids()))
                 with CpuSplit() as split:
-                    medians[condition] += run_steppers(args.processes, args.seconds, args.batch, args.precision)
+                    results = run_steppers(args.processes, args.seconds, args.batch, args.precision)
+                medians[condition] += [r["median_step_s"] for r in results]
+                preempted[condition] += [r["preempted_per_s"] for r in results]
                 ray_share[condition].append(split.result()["share_of_machine"]["ray"])
             finally:
                 del held
@@ -183,14 +207,16 @@ def main(argv: list[str] | None = None) -> dict:
     base = statistics.median(medians["none"])
     rows = [{"condition": c, "ray_processes": max(ray_count[c]), "median_step_s": round(statistics.median(medians[c]), 3),
              "throughput_vs_none": round(base / statistics.median(medians[c]), 3),
+             "preempted_per_s": round(statistics.median(preempted[c]), 1),
              "ray_share_of_machine": round(statistics.mean(ray_share[c]), 3)} for c in CONDITIONS]
     report = {"processes": args.processes, "batch": args.batch, "seconds": args.seconds, "rounds": args.rounds,
               "cores": os.cpu_count(), "idle_actors_of_a_training_run": TRAIN_RUN_ACTORS, "results": rows}
     print(json.dumps(report))
-    print(f"\n{'condition':<14} {'Ray procs':>9} {'median step s':>14} {'x none':>7} {'Ray CPU share':>14}")
+    print(f"\n{'condition':<20} {'Ray procs':>9} {'median step s':>14} {'x none':>7} {'preempted/s':>12} "
+          f"{'Ray CPU share':>14}")
     for r in rows:
-        print(f"{r['condition']:<14} {r['ray_processes']:>9} {r['median_step_s']:>14.3f} {r['throughput_vs_none']:>7.3f} "
-              f"{r['ray_share_of_machine']:>14.1%}")
+        print(f"{r['condition']:<20} {r['ray_processes']:>9} {r['median_step_s']:>14.3f} {r['throughput_vs_none']:>7.3f} "
+              f"{r['preempted_per_s']:>12.0f} {r['ray_share_of_machine']:>14.1%}")
     return report
 
 

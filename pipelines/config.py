@@ -36,9 +36,13 @@ class RayConfig:
     num_cpus: Optional[int] = None
     #: the dashboard listens on this host only (127.0.0.1 unless asked otherwise)
     dashboard_host: str = "127.0.0.1"
+    #: Linux scheduling policy of a local Ray's processes: ``batch`` (Ray's short wake-ups do
+    #: not preempt training threads; see pipelines/ray_runtime.py) or ``normal``
+    local_scheduling: Literal["batch", "normal"] = "batch"
 
     def validate(self, path: str) -> None:
         _check(self.num_cpus is None or self.num_cpus >= 1, f"{path}.num_cpus", "an integer >= 1 or null")
+        _check(self.local_scheduling in ("batch", "normal"), f"{path}.local_scheduling", "batch or normal")
 
 
 @dataclass

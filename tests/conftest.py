@@ -22,8 +22,11 @@ def ray_session():
         # the dashboard process serves the State API that Ray Train's placement-group cleaner and
         # our fault-injection tests use; it listens on 127.0.0.1 only
         # address="local": always our own Ray, even if another cluster runs on this machine
-        ray.init(address="local", num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1",
-                 object_store_memory=512 * 1024**2, logging_level="WARNING")
+        from pipelines.ray_runtime import scheduling_policy
+
+        with scheduling_policy("batch"):  # as a local Ray that sslpipe starts (ray.local_scheduling)
+            ray.init(address="local", num_cpus=4, include_dashboard=True, dashboard_host="127.0.0.1",
+                     object_store_memory=512 * 1024**2, logging_level="WARNING")
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()

@@ -17,6 +17,16 @@ def test_stepper_times_real_training_steps() -> None:
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["precision"] == "fp32"
     assert len(report["step_s"]) >= 1 and all(t > 0 for t in report["step_s"])
+    assert report["preempted_per_s"] >= 0
+
+
+def test_involuntary_switches_counts_this_process() -> None:
+    """The preemption counter reads a real, non-decreasing figure from /proc."""
+    sys.path.insert(0, str(BENCH.parent.parent))
+    from bench.ray_tax import involuntary_switches
+
+    first = involuntary_switches()
+    assert isinstance(first, int) and involuntary_switches() >= first >= 0
 
 
 def test_ray_pids_finds_the_running_rays_processes(ray_session) -> None:

@@ -606,17 +606,59 @@ def test_local_ray_drops_idle_processes_but_a_cluster_join_and_the_users_env_win
     ctx = ray.data.DataContext.get_current()
     monkeypatch.setattr(ctx, "enable_progress_bars", ctx.enable_progress_bars)
     monkeypatch.setattr(ray_runtime.ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray_runtime.ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(ray_runtime.ray, "init", lambda **kw: calls.append({**kw, "policy": os.sched_getscheduler(0)}))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", raising=False)
     ray_runtime.ensure_ray(RayConfig())
     assert calls[0]["_system_config"] == {"num_workers_soft_limit": 0, "idle_worker_killing_time_threshold_ms": 10_000}
+    assert calls[0]["policy"] == os.SCHED_BATCH and os.sched_getscheduler(0) == os.SCHED_OTHER
     assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
     monkeypatch.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "1")  # the user wants it: theirs wins
     ray_runtime.ensure_ray(RayConfig())
     assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "1"
     ray_runtime.ensure_ray(RayConfig(address="ray://head:10001"))
-    assert "_system_config" not in calls[2]
+    assert "_system_config" not in calls[2] and calls[2]["policy"] == os.SCHED_OTHER
+    ray_runtime.ensure_ray(RayConfig(local_scheduling="normal"))
+    assert calls[3]["policy"] == os.SCHED_OTHER
+
+
+def test_scheduling_policy_passes_to_started_processes_and_gives_the_caller_its_own_back() -> None:
+    """What a local Ray's processes rely on: a process started inside the block runs SCHED_BATCH,
+    and the caller's thread is SCHED_OTHER again afterwards."""
+    import os
+    import subprocess
+    import sys
+
+    from pipelines.ray_runtime import scheduling_policy
+
+    with scheduling_policy("batch") as applied:
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        assert applied and os.sched_getscheduler(0) == os.SCHED_BATCH
+    try:
+        assert os.sched_getscheduler(child.pid) == os.SCHED_BATCH
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER
+    finally:
+        child.kill()
+        child.wait()
+    with scheduling_policy("normal") as applied:  # already normal: nothing to change
+        assert applied and os.sched_getscheduler(0) == os.SCHED_OTHER
+
+
+def test_a_local_rays_worker_processes_run_under_sched_batch(ray_session) -> None:
+    """End to end on the session's real Ray (started as sslpipe starts one): the raylet passes the
+    policy on to the worker processes it spawns, so an actor's process is SCHED_BATCH."""
+    import os
+
+    @ray_session.remote(num_cpus=0)
+    class Probe:
+        def policy(self) -> int:
+            return os.sched_getscheduler(0)
+
+    actor = Probe.remote()
+    try:
+        assert ray_session.get(actor.policy.remote()) == os.SCHED_BATCH
+    finally:
+        ray_session.kill(actor)
 
 
 def test_running_dashboard_listens_on_loopback_only(ray_session) -> None:
