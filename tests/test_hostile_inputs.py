@@ -609,17 +609,18 @@ def test_local_ray_drops_idle_processes_but_a_cluster_join_and_the_users_env_win
     monkeypatch.setattr(ray_runtime.ray, "init", lambda **kw: calls.append({**kw, "policy": os.sched_getscheduler(0)}))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", raising=False)
+    ours = os.sched_getscheduler(0)
     ray_runtime.ensure_ray(RayConfig())
     assert calls[0]["_system_config"] == {"num_workers_soft_limit": 0, "idle_worker_killing_time_threshold_ms": 10_000}
-    assert calls[0]["policy"] == os.SCHED_BATCH and os.sched_getscheduler(0) == os.SCHED_OTHER
+    assert calls[0]["policy"] == os.SCHED_BATCH and os.sched_getscheduler(0) == ours
     assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
     monkeypatch.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "1")  # the user wants it: theirs wins
     ray_runtime.ensure_ray(RayConfig())
     assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "1"
     ray_runtime.ensure_ray(RayConfig(address="ray://head:10001"))
-    assert "_system_config" not in calls[2] and calls[2]["policy"] == os.SCHED_OTHER
+    assert "_system_config" not in calls[2] and calls[2]["policy"] == ours
     ray_runtime.ensure_ray(RayConfig(local_scheduling="normal"))
-    assert calls[3]["policy"] == os.SCHED_OTHER
+    assert calls[3]["policy"] == os.SCHED_OTHER and os.sched_getscheduler(0) == ours
 
 
 def test_scheduling_policy_passes_to_started_processes_and_gives_the_caller_its_own_back() -> None:
@@ -631,17 +632,19 @@ def test_scheduling_policy_passes_to_started_processes_and_gives_the_caller_its_
 
     from pipelines.ray_runtime import scheduling_policy
 
+    ours = os.sched_getscheduler(0)
     with scheduling_policy("batch") as applied:
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
         assert applied and os.sched_getscheduler(0) == os.SCHED_BATCH
     try:
         assert os.sched_getscheduler(child.pid) == os.SCHED_BATCH
-        assert os.sched_getscheduler(0) == os.SCHED_OTHER
+        assert os.sched_getscheduler(0) == ours
     finally:
         child.kill()
         child.wait()
-    with scheduling_policy("normal") as applied:  # already normal: nothing to change
+    with scheduling_policy("normal") as applied:
         assert applied and os.sched_getscheduler(0) == os.SCHED_OTHER
+    assert os.sched_getscheduler(0) == ours
 
 
 def test_a_local_rays_worker_processes_run_under_sched_batch(ray_session) -> None:
