@@ -35,7 +35,7 @@ import ray.data
 from curation.errors import InputError
 from curation.redact import refuse_credentials
 from curation.shards import INT64_MAX, INT64_MIN, expand_braces, iter_tar_samples, normalize_meta, sniff_image_ext
-from curation.validate import decode_to_array
+from curation.decode import decode_to_array
 
 SAMPLE_COLUMNS = ("key", "image", "ext", "label", "meta", "source", "read_error")
 SHARD_SUFFIXES = (".tar", ".parquet")

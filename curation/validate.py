@@ -15,6 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from curation.decode import HIGH_DEPTH_MODES, decode_to_array, to_8bit
+
+__all__ = ["ImageCheck", "ValidationRules", "check_image", "decode_to_array"]
+
 #: reasons this module can give (besides "ok")
 REASONS = ("missing_image", "decode_error", "too_many_pixels", "too_small", "extreme_aspect", "low_variance")
 
@@ -59,9 +63,13 @@ def check_image(data: bytes | None, rules: ValidationRules) -> ImageCheck:
     if max(width, height) / max(1, min(width, height)) > rules.max_aspect:
         return ImageCheck("extreme_aspect", width, height)
     try:
-        if im.mode not in ("L", "RGB"):
-            im = im.convert("RGB")
-        pixels = np.asarray(im)
+        if im.mode in HIGH_DEPTH_MODES:  # hash the raw samples; judge and hash perceptually on the scaled ones
+            pixels = np.asarray(im)
+            im = to_8bit(im, 1)
+        else:
+            if im.mode not in ("L", "RGB"):
+                im = im.convert("RGB")
+            pixels = np.asarray(im)
         gray = np.asarray(im.convert("L"))
     except Exception:  # noqa: BLE001 - a mode PIL decodes but cannot convert is as unusable as a bad file
         return ImageCheck("decode_error", width, height)
@@ -70,19 +78,3 @@ def check_image(data: bytes | None, rules: ValidationRules) -> ImageCheck:
     if float(gray.std()) < rules.min_pixel_std:
         return ImageCheck("low_variance", width, height, digest)
     return ImageCheck("ok", width, height, digest, gray)
-
-
-def decode_to_array(data: bytes, size: int, channels: int, max_pixels: int = ValidationRules.max_pixels) -> np.ndarray:
-    """Decode and resize to ``size``x``size`` with ``channels`` (1 or 3): uint8 [size, size, channels].
-
-    Raises ValueError, from the header alone, for images over ``max_pixels``: the
-    training and evaluation feeds may read shards that curation never saw.
-    """
-    im = Image.open(io.BytesIO(data))
-    if im.size[0] * im.size[1] > max_pixels:
-        raise ValueError(f"image of {im.size[0]}x{im.size[1]} pixels is over the {max_pixels} pixel limit")
-    im = im.convert("L" if channels == 1 else "RGB")
-    if im.size != (size, size):
-        im = im.resize((size, size), Image.BILINEAR)
-    arr = np.asarray(im, dtype=np.uint8)
-    return arr[:, :, None] if channels == 1 else arr

@@ -327,7 +327,7 @@ def test_bomb_is_refused_from_its_header_without_decoding(tmp_path: Path) -> Non
 
 def test_training_feed_refuses_a_bomb_before_decoding() -> None:
     """Shards that curation never saw (eval data) go through ``decode_to_array``: same header check."""
-    from curation.validate import decode_to_array
+    from curation.decode import decode_to_array
 
     with pytest.raises(ValueError, match="9000x9000 pixels is over"):
         decode_to_array(png_bomb(9000, 9000, 8), 28, 1)
