@@ -24,18 +24,20 @@ import fnmatch
 import json
 import os
 from pathlib import PurePosixPath
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-import ray.data
 
 from curation.errors import InputError
 from curation.redact import refuse_credentials
 from curation.shards import INT64_MAX, INT64_MIN, expand_braces, iter_tar_samples, normalize_meta, sniff_image_ext
 from curation.decode import decode_to_array
+
+if TYPE_CHECKING:
+    import ray.data
 
 SAMPLE_COLUMNS = ("key", "image", "ext", "label", "meta", "source", "read_error")
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".parquet")
@@ -348,6 +350,8 @@ def _read(paths: str | Sequence[str], rows_per_batch: int, image_column: str) ->
     uris = expand_uris(paths)
     if not uris:
         raise ValueError("no shards to read")
+    import ray.data  # here, not at module import: listing and sharding tasks use this module without Ray Data
+
     ds = ray.data.from_items([{"path": p} for p in uris], override_num_blocks=len(uris))
     return ds.map_batches(expand_shards, batch_size=1,
                           fn_kwargs={"rows_per_batch": rows_per_batch, "image_column": image_column, "env": storage_env()})
@@ -411,6 +415,8 @@ def map_shards(paths: str | Sequence[str], udf: Callable[..., dict[str, np.ndarr
             yield udf(rows, **kwargs)
 
     per_shard.__name__ = per_shard.__qualname__ = f"{udf.__name__}_per_shard"  # the Ray task/process title
+    import ray.data
+
     ds = ray.data.from_items([{"path": p} for p in uris], override_num_blocks=len(uris))
     return ds.map_batches(per_shard, batch_size=1, fn_kwargs={"env": storage_env()})
 
