@@ -178,3 +178,35 @@ def test_cli_shard_format_flag_and_user_errors(tmp_path: Path, digit_folder, cap
     assert cli_main(["shard", str(root), str(tmp_path / "o"), "--shard-size", "20"]) == 2  # different plan: refused
     assert "different input" in capsys.readouterr().err
     assert cli_main(["shard", str(tmp_path / "missing"), str(tmp_path / "o2")]) == 2
+
+
+def test_tar_writer_writes_the_bytes_tarfile_writes(tmp_path: Path, digit_folder) -> None:
+    """The shard writer builds ustar headers itself (tarfile spends most of a shard write on them): the archive
+    must stay byte for byte what tarfile writes, long and non-ASCII names (pax headers) included."""
+    import io
+    import tarfile
+
+    from curation.shards import Sample, write_tar_stream
+
+    _, files = digit_folder
+    images = list(files.values())
+    samples = [Sample(f"2023/01/{i:03d}", images[i], "png", i % 3, {"file": f"{i}.png"} if i % 2 else {})
+               for i in range(12)]
+    samples += [Sample("d/" + "x" * 120, images[12], "png", 1), Sample("été/ü", images[13], "jpg", -1),
+                Sample("nothing", None, "png", 2)]
+    expected = io.BytesIO()
+    with tarfile.open(fileobj=expected, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for s in sorted(samples, key=lambda s: s.key):
+            members = ([(f"{s.key}.{s.ext}", s.image)] if s.image is not None else []) + [
+                (f"{s.key}.cls", str(s.label).encode())] + (
+                [(f"{s.key}.json", json.dumps(s.meta, sort_keys=True).encode())] if s.meta else [])
+            for name, payload in members:
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime = len(payload), 0
+                tar.addfile(info, io.BytesIO(payload))
+    written = io.BytesIO()
+    located = write_tar_stream(samples, written)
+    assert written.getvalue() == expected.getvalue()
+    for key, offset, size in located:  # and the offsets still point at each image
+        image = next(s.image for s in samples if s.key == key)
+        assert (written.getvalue()[offset: offset + size] == image) if image is not None else offset == -1
