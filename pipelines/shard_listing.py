@@ -53,6 +53,7 @@ FOLDER_IGNORED_REASONS = {
     "broken_link": "a symbolic link whose target does not exist",
     "special_file": "not a regular file (fifo, socket or device)",
     "unreadable_folder": "the folder cannot be listed (permissions?)",
+    "name_not_utf8": "the file or folder name is not valid UTF-8 (shown with \\xNN escapes); rename it to read it",
 }
 
 
@@ -106,11 +107,25 @@ class _Level:
     ignored: list[tuple[str, str]] = field(default_factory=list)
 
     def add_file(self, rel: str, location: str, name: str) -> None:
-        reason = _file_reason(name)
+        reason = _file_reason(name) or ("name_not_utf8" if not _is_utf8(rel) else None)
         if reason:
-            self.ignored.append((location, reason))
+            self.ignored.append((printable(location), reason))
         else:
             self.files.append(rel)
+
+
+def _is_utf8(text: str) -> bool:
+    """False for a name whose bytes are not UTF-8 (Python keeps them as lone surrogates): no key or table can hold it."""
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def printable(path: str) -> str:
+    """A path as valid UTF-8 text for the ignored-files list: undecodable bytes become ``\\xNN``."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _file_reason(name: str) -> str | None:
@@ -135,25 +150,26 @@ def _list_local(root: str, rel: str) -> _Level:
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError:
-        level.ignored.append((folder, "unreadable_folder"))
+        level.ignored.append((printable(folder), "unreadable_folder"))
         return level
     for entry in entries:
         child = f"{rel}/{entry.name}" if rel else entry.name
+        shown = printable(entry.path)
         if entry.name.startswith("."):
-            level.ignored.append((entry.path, "hidden"))
+            level.ignored.append((shown, "hidden"))
         elif entry.is_symlink():
             if entry.is_dir():
-                level.ignored.append((entry.path, "linked_folder"))
+                level.ignored.append((shown, "linked_folder"))
             elif entry.is_file():
                 level.add_file(child, entry.path, entry.name)
             else:
-                level.ignored.append((entry.path, "broken_link"))
+                level.ignored.append((shown, "broken_link"))
         elif entry.is_dir(follow_symlinks=False):
             level.folders.append(child)
         elif entry.is_file(follow_symlinks=False):
             level.add_file(child, entry.path, entry.name)
         else:
-            level.ignored.append((entry.path, "special_file"))
+            level.ignored.append((shown, "special_file"))
     return level
 
 

@@ -77,6 +77,8 @@ def test_nested_tree_is_walked_keyed_by_relative_path_and_every_skipped_file_lis
     _write(root / "2023/old.tar", tar_bytes([("z.png", digits[6])]))
     os.symlink(root, root / "2023" / "loop")  # a link back to the root: followed, the walk would never end
     os.symlink(root / "missing.png", root / "2023" / "gone.png")
+    with open(os.fsencode(root / "2024") + b"/bad\xff.png", "wb") as f:  # a name no key or table can hold
+        f.write(digits[7])
     report = shard_source(str(root), str(tmp_path / "out"), shard_size=3, labels="none")
 
     index = pq.read_table(report.index_path).to_pylist()
@@ -89,9 +91,9 @@ def test_nested_tree_is_walked_keyed_by_relative_path_and_every_skipped_file_lis
                for r in pq.read_table(tmp_path / "out" / "ignored.parquet").to_pylist()}
     assert ignored == {"2023/01/a.txt": "not_an_image_file", ".DS_Store": "hidden", "2023/.thumbs": "hidden",
                        "2023/old.tar": "shard_in_image_folder", "2023/loop": "linked_folder",
-                       "2023/gone.png": "broken_link"}
+                       "2023/gone.png": "broken_link", "2024/bad\\xff.png": "name_not_utf8"}
     summary = _summary(tmp_path / "out")
-    assert summary["ignored"]["count"] == 6 and len(summary["ignored"]["files"]) == 6
+    assert summary["ignored"]["count"] == 7 and len(summary["ignored"]["files"]) == 7
     assert set(summary["ignored"]["reasons"]) == set(ignored.values())  # each reason explained
     assert summary["rejected"] == {} and summary["samples"] == 5
     assert report.ignored == dict(Counter(ignored.values()))
