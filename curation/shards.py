@@ -13,7 +13,6 @@ instead of raising, so the job goes on and the loss is counted.
 
 from __future__ import annotations
 
-import io
 import glob
 import json
 import os

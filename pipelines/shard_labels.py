@@ -21,7 +21,6 @@ taken from the layout only when asked (``--labels folder``), from a table when o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -128,8 +127,3 @@ def apply_label_file(plan: pa.Table, labels: LabelTable, src: str) -> tuple[pa.T
 def _example_ext(plan: pa.Table) -> str:
     ext = plan["ext"][0].as_py() if plan.num_rows else ""
     return f".{ext}" if ext else ""
-
-
-def folder_classes(top_level_folders: list[str]) -> list[str]:
-    """The class names of ``folder`` labels: the top-level folders, sorted (their index is the label)."""
-    return sorted(PurePosixPath(name).name for name in top_level_folders)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -31,7 +30,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from curation.errors import InputError
-from curation.ingest import (SHARD_SUFFIXES, SIDE_FILES, clean_ext, expand_shard_inputs, filesystem_for, join_uri,
+from curation.ingest import (SHARD_SUFFIXES, SIDE_FILES, clean_ext, filesystem_for, join_uri,
                              open_input, open_input_file, parquet_schema_problem, unsafe_key)
 from curation.shards import IMAGE_EXTENSIONS, INT64_MAX, INT64_MIN, TAR_SUFFIXES, normalize_meta, scan_tar_index
 
@@ -214,7 +213,7 @@ def _walk(root: str, rel: str) -> _Level:
     return found
 
 
-def _file_rows(root: str, files: list[str], class_index: dict[str, int] | None) -> pa.Table:
+def file_rows(root: str, files: list[str], class_index: dict[str, int] | None) -> pa.Table:
     """Plan rows for image files: key = relative path without the extension."""
     keys, labels, exts, metas, origins = [], [], [], [], []
     for rel in files:
@@ -242,7 +241,7 @@ def walk_folders_task(root: str, rels: list[str], class_index: dict[str, int] | 
         found = _walk(root, rel)
         files += found.files
         ignored += found.ignored
-    return ListingPart(_file_rows(root, files, class_index), [], ignored)
+    return ListingPart(file_rows(root, files, class_index), [], ignored)
 
 
 @dataclass
@@ -339,8 +338,3 @@ def scan_shards_task(uris: list[str], first_rank: int, env: dict[str, str] | Non
     for rank, uri in enumerate(uris, start=first_rank):
         (_scan_parquet if uri.endswith(".parquet") else _scan_tar)(uri, rank, rows, rejects)
     return ListingPart(pa.Table.from_pylist(rows, schema=PLAN_SCHEMA), rejects, [])
-
-
-def list_shard_inputs(src: str) -> tuple[list[str], list[tuple[str, str]]]:
-    """(input shard uris in order, ignored files with reasons) for a shard source."""
-    return expand_shard_inputs(src)

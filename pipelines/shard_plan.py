@@ -20,11 +20,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curation.errors import InputError
-from curation.ingest import storage_env
+from curation.ingest import expand_shard_inputs, storage_env
 from curation.shards import IMAGE_EXTENSIONS
 from pipelines.shard_labels import LabelTable, apply_label_file, is_label_file, read_label_file
-from pipelines.shard_listing import (PLAN_SCHEMA, ListingPart, _file_rows, list_shard_inputs, scan_shards_task,
-                                     source_kind, split_folder, walk_folders_task)
+from pipelines.shard_listing import (PLAN_SCHEMA, ListingPart, file_rows, scan_shards_task, source_kind, split_folder,
+                                     walk_folders_task)
 from pipelines.shard_tasks import TaskRunner
 
 #: the driver lists an image folder a level at a time (at most three) until it has this many
@@ -111,7 +111,7 @@ def _list_folder(src: str, use_folder_labels: bool, runner: TaskRunner) -> tuple
     class_index = {c: i for i, c in enumerate(split.classes)} if use_folder_labels else None
     if not split.top_files and not split.subtrees:
         _no_images(src, split.ignored)
-    parts = [ListingPart(_file_rows(split.root, split.top_files, class_index), [], split.ignored)]
+    parts = [ListingPart(file_rows(split.root, split.top_files, class_index), [], split.ignored)]
     groups = _chunks(split.subtrees, TASKS_PER_WORKER * runner.parallelism()) if split.subtrees else []
     env = storage_env()
     parts += runner.map(walk_folders_task, [(split.root, group, class_index, env) for group in groups])
@@ -125,7 +125,7 @@ def _no_images(src: str, ignored: list[tuple[str, str]]) -> None:
 
 
 def _list_shards(src: str, runner: TaskRunner) -> tuple[list[ListingPart], int]:
-    uris, ignored = list_shard_inputs(src)
+    uris, ignored = expand_shard_inputs(src)
     groups = _chunks(uris, TASKS_PER_WORKER * runner.parallelism())
     firsts = np.cumsum([0] + [len(g) for g in groups])[:-1]
     env = storage_env()
