@@ -41,10 +41,18 @@ class TaskRunner:
         import ray
 
         if self.uses_ray and not ray.is_initialized():
-            from pipelines.ray_runtime import ensure_ray
+            import os
 
+            from pipelines.ray_runtime import ensure_ray, init_local_ray
+
+            cfg = self.ray_config or RayConfig()
             began = time.perf_counter()
-            ensure_ray(self.ray_config or RayConfig())
+            if cfg.address or os.environ.get("RAY_ADDRESS"):
+                ensure_ray(cfg)
+            else:
+                # ensure_ray's local Ray, but always a new one: a bare ray.init() would join a cluster that
+                # someone started on this machine with `ray start` (and fail on num_cpus)
+                init_local_ray(cfg, address="local")
             self.start_seconds = time.perf_counter() - began
 
     def parallelism(self) -> int:
