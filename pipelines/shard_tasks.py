@@ -9,6 +9,7 @@ in this process, with no Ray at all: for tiny inputs, and to measure what Ray ad
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Callable, Sequence
 
@@ -41,8 +42,6 @@ class TaskRunner:
         import ray
 
         if self.uses_ray and not ray.is_initialized():
-            import os
-
             from pipelines.ray_runtime import ensure_ray, init_local_ray
 
             cfg = self.ray_config or RayConfig()
