@@ -279,3 +279,18 @@ def test_nested_keys_survive_curation(tmp_path: Path, digits, ray_session) -> No
     assert [manifest[k]["kept"] for k in ("2023/01/img000", "2024/05/copy")] == [True, False]  # exact duplicate
     written = {r["key"] for p in result.shard_paths for r in iter_tar_samples(open(p, "rb"), p)}
     assert written == {k for k, r in manifest.items() if r["kept"]} and "2024/01/img003" in written
+
+
+def test_run_keeps_class_folder_labels_for_an_image_folder_source(tmp_path: Path, digits) -> None:
+    """`sslpipe run` shards an image-folder source with class labels (configs/cifar10.yaml evaluates with them),
+    now including images below a class folder's sub-folders."""
+    from pipelines.config import load_config
+    from pipelines.sources import resolve_location
+
+    root = tmp_path / "eval"
+    _write(root / "cat/a.png", digits[0])
+    _write(root / "cat/more/b.png", digits[1])
+    _write(root / "dog/c.png", digits[2])
+    paths = resolve_location(str(root), tmp_path / "pool", load_config(None))
+    labels = {k: r["label"] for k, r in _read_back(paths).items()}
+    assert labels == {"cat/a": 0, "cat/more/b": 0, "dog/c": 1}
