@@ -24,23 +24,34 @@ import fnmatch
 import json
 import os
 from pathlib import PurePosixPath
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-import ray.data
 
 from curation.errors import InputError
 from curation.redact import refuse_credentials
 from curation.shards import INT64_MAX, INT64_MIN, expand_braces, iter_tar_samples, normalize_meta, sniff_image_ext
 from curation.decode import decode_to_array
 
+if TYPE_CHECKING:
+    import ray.data
+
 SAMPLE_COLUMNS = ("key", "image", "ext", "label", "meta", "source", "read_error")
-SHARD_SUFFIXES = (".tar", ".parquet")
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".parquet")
 #: files ``sslpipe shard`` writes beside its shards; a directory listing is not to take them for data
-SIDE_FILES = ("index.parquet", "rejects.parquet", "manifest.parquet")
+SIDE_FILES = ("index.parquet", "rejects.parquet", "manifest.parquet", "ignored.parquet")
+#: why a file in a shard directory (or matched by a glob) is not read, for the listing of ignored files
+IGNORED_REASONS = {
+    "side_table": "the metadata table of the tar shard of the same name (img2dataset / NeMo Curator layout: "
+                  "captions and per-sample fields); keys and images are read from the tar",
+    "not_a_shard": "not a .tar, .tar.gz, .tgz or .parquet shard",
+    "sslpipe_output": "an index, rejects, summary or plan file that sslpipe writes beside shards",
+    "subfolder": "a folder inside a shard directory is not read; name it (or a glob) to read its shards",
+    "hidden": "a hidden file or folder (name starts with '.')",
+}
 #: environment variables that configure object storage; copied from the driver into read tasks
 STORAGE_ENV = (
     "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
@@ -79,10 +90,13 @@ def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(text)
 
 
-def open_input(uri: str):
-    """Open a local path or any pyarrow filesystem uri (s3://, gs://, file://) for streaming reads."""
+def open_input(uri: str, raw: bool = False):
+    """Open a local path or any pyarrow filesystem uri (s3://, gs://, file://) for streaming reads.
+
+    pyarrow decompresses a ``.gz``/``.bz2``/... name on the fly; ``raw=True`` gives the stored
+    bytes instead (a tar scan that must know whether, and how, the file is compressed)."""
     filesystem, path = filesystem_for(str(uri))
-    return filesystem.open_input_stream(path)
+    return filesystem.open_input_stream(path, compression=None) if raw else filesystem.open_input_stream(path)
 
 
 def open_input_file(uri: str):
@@ -103,17 +117,67 @@ def _is_side_file(info: pafs.FileInfo) -> bool:
     return info.base_name in SIDE_FILES or "/_index/" in f"/{info.path}"
 
 
+def _tar_stem(name: str) -> str | None:
+    """``00042`` for ``00042.tar`` / ``.tar.gz`` / ``.tgz``; None for any other name."""
+    for suffix in (".tar.gz", ".tgz", ".tar"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def classify_shard_files(infos: Sequence[pafs.FileInfo], suffixes: Sequence[str] = SHARD_SUFFIXES
+                         ) -> tuple[list[str], list[tuple[str, str]]]:
+    """(shard paths, [(path, reason)] of everything else) for the entries of a shard directory or glob.
+
+    A ``.parquet`` beside a tar of the same name is that tar's metadata table (img2dataset and
+    NeMo Curator write ``00042.tar`` + ``00042.parquet`` + ``00042_stats.json``), not a shard;
+    reasons are the keys of ``IGNORED_REASONS``. Both lists are sorted by path.
+    """
+    tars = {(i.path.rsplit("/", 1)[0] if "/" in i.path else "", _tar_stem(i.base_name))
+            for i in infos if i.type == pafs.FileType.File and _tar_stem(i.base_name) is not None}
+    shards: list[str] = []
+    ignored: list[tuple[str, str]] = []
+    for info in sorted(infos, key=lambda i: i.path):
+        name, folder = info.base_name, info.path.rsplit("/", 1)[0] if "/" in info.path else ""
+        if name.startswith("."):
+            ignored.append((info.path, "hidden"))
+        elif _is_side_file(info) or name in ("summary.json", "_index"):
+            ignored.append((info.path, "sslpipe_output"))
+        elif info.type == pafs.FileType.Directory:
+            ignored.append((info.path, "subfolder"))
+        elif name.endswith(".parquet") and (folder, name[: -len(".parquet")]) in tars:
+            ignored.append((info.path, "side_table"))
+        elif info.type == pafs.FileType.File and name.endswith(tuple(suffixes)):
+            shards.append(info.path)
+        else:
+            ignored.append((info.path, "not_a_shard"))
+    return shards, ignored
+
+
 def expand_uris(spec: str | Sequence[str], suffixes: Sequence[str] = SHARD_SUFFIXES) -> list[str]:
     """Shard uris from paths, directories, globs and brace lists, on any filesystem.
 
-    A directory contributes its files ending in ``suffixes`` (not recursive),
-    except the index/rejects/manifest tables we write beside shards;
-    a glob is matched against a listing of its fixed prefix. Order: sorted
-    within each entry, entries in the order given, no repeats. Raises
-    InputError naming the entry that matched nothing.
+    See ``expand_shard_inputs``, which also returns the files it passed over and why.
+    """
+    return expand_shard_inputs(spec, suffixes)[0]
+
+
+def expand_shard_inputs(spec: str | Sequence[str], suffixes: Sequence[str] = SHARD_SUFFIXES
+                        ) -> tuple[list[str], list[tuple[str, str]]]:
+    """(shard uris, [(uri, reason)] of the files passed over) from paths, directories, globs and brace lists.
+
+    A directory contributes its files ending in ``suffixes`` (not recursive: ``.tar``,
+    ``.tar.gz``, ``.tgz``, ``.parquet``); everything else in it is listed as ignored with a
+    reason (``classify_shard_files``): the tables and summary we write beside shards, the
+    side ``.parquet``/``.json`` files of img2dataset / NeMo Curator output, sub-folders,
+    hidden files. A glob is matched against a listing of its fixed prefix and its matches
+    are sorted the same way. A file named explicitly is taken as it is. Order: sorted within
+    each entry, entries in the order given, no repeats. Raises InputError naming the entry
+    that matched nothing.
     """
     entries = [spec] if isinstance(spec, str) else list(spec)
     found: list[str] = []
+    ignored: list[tuple[str, str]] = []
     for entry in entries:
         for part in expand_braces(str(entry)):
             filesystem, path = filesystem_for(part)
@@ -124,26 +188,27 @@ def expand_uris(spec: str | Sequence[str], suffixes: Sequence[str] = SHARD_SUFFI
                     infos = filesystem.get_file_info(pafs.FileSelector(base, recursive="**" in path or path.count("/") > base.count("/") + 1))
                 except (FileNotFoundError, OSError) as exc:
                     raise InputError(f"cannot list {base!r} for {part!r}: {exc}") from exc
-                matched = sorted(i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatchcase(
-                    i.path if base != "." else i.path.removeprefix("./"), path) and not _is_side_file(i))
-                if not matched:
+                matched = [i for i in infos if fnmatch.fnmatchcase(
+                    i.path if base != "." else i.path.removeprefix("./"), path)]
+                shards, passed = classify_shard_files(matched, suffixes)
+                if not shards:
                     raise InputError(f"no shard matches {part!r}; check the pattern")
-                found.extend(join_uri(part, m) for m in matched)
+                found.extend(join_uri(part, m) for m in shards)
+                ignored.extend((join_uri(part, m), reason) for m, reason in passed)
                 continue
             info = filesystem.get_file_info(path)
             if info.type == pafs.FileType.NotFound:
                 raise InputError(f"input does not exist: {part} (check the path, or run `sslpipe shard` first)")
             if info.type == pafs.FileType.Directory:
-                infos = filesystem.get_file_info(pafs.FileSelector(path))
-                inside = sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(tuple(suffixes))
-                                and not _is_side_file(i))
-                if not inside:
+                shards, passed = classify_shard_files(filesystem.get_file_info(pafs.FileSelector(path)), suffixes)
+                if not shards:
                     raise InputError(f"no {'/'.join(suffixes)} shards in {part}; for an image folder run "
                                      f"`sslpipe shard {part} OUT_DIR` first")
-                found.extend(join_uri(part, m) for m in inside)
+                found.extend(join_uri(part, m) for m in shards)
+                ignored.extend((join_uri(part, m), reason) for m, reason in passed)
             else:
                 found.append(part)
-    return list(dict.fromkeys(found))
+    return list(dict.fromkeys(found)), list(dict.fromkeys(ignored))
 
 
 def _rows_to_batch(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -252,7 +317,7 @@ def iter_parquet_samples(uri: str, image_column: str = "image", batch_rows: int 
 
 
 def iter_samples(uri: str, image_column: str = "image") -> Iterator[dict[str, Any]]:
-    """Sample rows of one shard of either format, chosen by the file suffix."""
+    """Sample rows of one shard of either format, chosen by the file suffix (a tar may be gz/bz2/xz-compressed)."""
     if str(uri).endswith(".parquet"):
         yield from iter_parquet_samples(uri, image_column)
         return
@@ -285,6 +350,8 @@ def _read(paths: str | Sequence[str], rows_per_batch: int, image_column: str) ->
     uris = expand_uris(paths)
     if not uris:
         raise ValueError("no shards to read")
+    import ray.data  # here, not at module import: listing and sharding tasks use this module without Ray Data
+
     ds = ray.data.from_items([{"path": p} for p in uris], override_num_blocks=len(uris))
     return ds.map_batches(expand_shards, batch_size=1,
                           fn_kwargs={"rows_per_batch": rows_per_batch, "image_column": image_column, "env": storage_env()})
@@ -348,6 +415,8 @@ def map_shards(paths: str | Sequence[str], udf: Callable[..., dict[str, np.ndarr
             yield udf(rows, **kwargs)
 
     per_shard.__name__ = per_shard.__qualname__ = f"{udf.__name__}_per_shard"  # the Ray task/process title
+    import ray.data
+
     ds = ray.data.from_items([{"path": p} for p in uris], override_num_blocks=len(uris))
     return ds.map_batches(per_shard, batch_size=1, fn_kwargs={"env": storage_env()})
 

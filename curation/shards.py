@@ -13,7 +13,6 @@ instead of raising, so the job goes on and the loss is counted.
 
 from __future__ import annotations
 
-import io
 import glob
 import json
 import os
@@ -57,33 +56,70 @@ def _split_member_name(name: str) -> tuple[str, str]:
     return key, ext.lower()
 
 
+#: the fixed fields of the ustar header we write (mode 0644, uid/gid 0, mtime 0, no link, no
+#: owner names, regular file), laid out exactly as ``tarfile`` lays them out for such a member
+_USTAR_MODE_IDS = b"0000644\x00" + b"0000000\x00" * 2
+_USTAR_MTIME = b"00000000000\x00"
+_USTAR_TAIL = b"0" + b"\x00" * 100 + b"ustar\x0000" + b"\x00" * (32 + 32 + 8 + 8 + 155 + 12)
+#: checksum of a header whose name and size fields are all NUL (its checksum field counts as spaces)
+_USTAR_BASE_SUM = sum(_USTAR_MODE_IDS) + sum(_USTAR_MTIME) + sum(_USTAR_TAIL) + 8 * ord(" ")
+#: a member size must fit 11 octal digits in a plain ustar header (8 GiB)
+_USTAR_MAX_SIZE = 8**11 - 1
+
+
+def member_header(name: str, size: int) -> bytes:
+    """The tar header of a regular-file member ``name`` of ``size`` bytes (mtime 0, mode 0644).
+
+    Byte for byte what ``tarfile`` writes in PAX format, built directly for the usual case
+    (an ASCII name of at most 100 bytes): ``tarfile`` spends most of a shard write copying
+    and re-validating its ``TarInfo`` per member. Other names (long, non-ASCII) and huge
+    sizes go through ``tarfile`` itself, which adds a pax extended header for them.
+    """
+    if name.isascii() and len(name) <= 100 and size <= _USTAR_MAX_SIZE:
+        encoded = name.encode("ascii")
+        size_field = b"%011o\x00" % size
+        checksum = _USTAR_BASE_SUM + sum(encoded) + sum(size_field)
+        return b"".join((encoded, b"\x00" * (100 - len(encoded)), _USTAR_MODE_IDS, size_field, _USTAR_MTIME,
+                         b"%06o\x00 " % checksum, _USTAR_TAIL))
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime = size, 0
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
 def write_tar_stream(samples: Iterable[Sample], fileobj: IO[bytes]) -> list[tuple[str, int, int]]:
     """Write ``samples`` (sorted by key here) as a tar to a writable stream.
 
     Returns (key, offset, size) per sample: the byte offset and length of its
     image member's data inside the tar, so an index can range-read one image
-    (a local ``seek`` or an S3 range GET) without scanning the shard. Stream
-    mode (``w|``) needs no seek, so the target may be an object-store upload.
+    (a local ``seek`` or an S3 range GET) without scanning the shard. The stream
+    is written front to back (no seek), so the target may be an object-store
+    upload. The bytes are those ``tarfile`` writes (``member_header``), ending in
+    two zero blocks padded to a 10 KiB record, as ``tarfile`` ends an archive.
     """
     entries: list[tuple[str, int, int]] = []
-    with tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        for sample in sorted(samples, key=lambda s: s.key):
-            members: list[tuple[str, bytes]] = []
-            if sample.image is not None:
-                members.append((f"{sample.key}.{sample.ext}", sample.image))
-            members.append((f"{sample.key}.cls", str(int(sample.label)).encode()))
-            if sample.meta:
-                members.append((f"{sample.key}.json", json.dumps(sample.meta, sort_keys=True).encode()))
-            offset, size = -1, 0
-            for i, (name, payload) in enumerate(members):
-                info = tarfile.TarInfo(name)
-                info.size = len(payload)
-                info.mtime = 0  # reproducible bytes
-                tar.addfile(info, io.BytesIO(payload))
-                if i == 0 and sample.image is not None:
-                    # after addfile the offset is past the data padded to a 512-byte block
-                    offset, size = tar.offset - _padded(len(payload)), len(payload)
-            entries.append((sample.key, offset, size))
+    position = 0
+    for sample in sorted(samples, key=lambda s: s.key):
+        members: list[tuple[str, bytes]] = []
+        if sample.image is not None:
+            members.append((f"{sample.key}.{sample.ext}", sample.image))
+        members.append((f"{sample.key}.cls", str(int(sample.label)).encode()))
+        if sample.meta:
+            members.append((f"{sample.key}.json", json.dumps(sample.meta, sort_keys=True).encode()))
+        offset, size = -1, 0
+        chunk: list[bytes] = []
+        for i, (name, payload) in enumerate(members):
+            header = member_header(name, len(payload))
+            position += len(header)
+            if i == 0 and sample.image is not None:
+                offset, size = position, len(payload)
+            padding = _padded(len(payload)) - len(payload)
+            chunk += (header, payload, b"\x00" * padding)
+            position += len(payload) + padding
+        fileobj.write(b"".join(chunk))  # one write per sample: object-store streams buffer anyway
+        entries.append((sample.key, offset, size))
+    end = position + 2 * tarfile.BLOCKSIZE
+    end += -end % tarfile.RECORDSIZE
+    fileobj.write(b"\x00" * (end - position))
     return entries
 
 
@@ -307,10 +343,12 @@ def scan_tar_index(fileobj: IO[bytes], source: str) -> Iterator[dict[str, Any]]:
     a re-shard: only labels and metadata are kept in memory, the images are
     range-read later in key order. Same safety rules as ``iter_tar_samples``:
     links, special members and escaping names become error rows; pickles are
-    skipped unread. A compressed tar (gzip, bz2, xz) is one ``<source>#compressed``
-    row, ``compressed_shard``: offsets into its uncompressed stream cannot be range-read.
+    skipped unread. Rows also carry ``compression``: "" for a plain tar, else
+    ``gz``, ``bz2`` or ``xz``; the offsets of a compressed tar are then into its
+    uncompressed stream (``open_tar_member_reader`` reads them back).
     """
     current: dict[str, Any] | None = None
+    compression = ""
 
     def finish(row: dict[str, Any]) -> dict[str, Any]:
         if not row["ext"] and not row["read_error"]:
@@ -320,12 +358,7 @@ def scan_tar_index(fileobj: IO[bytes], source: str) -> Iterator[dict[str, Any]]:
     try:
         with tarfile.open(fileobj=fileobj, mode="r|*", encoding="utf-8") as tar:
             comptype = getattr(tar.fileobj, "comptype", "tar")
-            if comptype != "tar":  # offsets would be into the uncompressed stream: no range read can use them
-                yield {"key": f"{source}#compressed", "ext": "", "label": -1, "source": source, "offset": -1,
-                       "size": 0, "read_error": "compressed_shard", "meta": json.dumps({"error": (
-                           f"{comptype}-compressed tar: images cannot be range-read from it; decompress it first "
-                           f"(e.g. gunzip -k) or give it to curation directly, which streams it")})}
-                return
+            compression = "" if comptype == "tar" else comptype
             for member in tar:
                 if member.isdir():
                     continue
@@ -335,13 +368,13 @@ def scan_tar_index(fileobj: IO[bytes], source: str) -> Iterator[dict[str, Any]]:
                     kind = "link_member" if (member.issym() or member.islnk()) else (
                         "special_member" if not member.isfile() else "unsafe_path")
                     yield {"key": f"{source}#{safe_member_name(member.name)}", "ext": ext, "label": -1, "meta": "",
-                           "source": source, "offset": -1, "size": 0, "read_error": kind}
+                           "source": source, "offset": -1, "size": 0, "read_error": kind, "compression": compression}
                     continue
                 if current is None or key != current["key"]:
                     if current is not None:
                         yield finish(current)
                     current = {"key": key, "ext": "", "label": -1, "meta": "", "source": source, "offset": -1,
-                               "size": 0, "read_error": ""}
+                               "size": 0, "read_error": "", "compression": compression}
                 if ext in UNSAFE_EXTENSIONS:
                     continue
                 if ext in IMAGE_EXTENSIONS and not current["ext"]:
@@ -360,7 +393,7 @@ def scan_tar_index(fileobj: IO[bytes], source: str) -> Iterator[dict[str, Any]]:
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         # the sample being read when the archive broke may lack its image data: drop it as truncated
         yield {"key": f"{source}#truncated", "ext": "", "label": -1, "meta": json.dumps({"error": str(exc)[:200]}),
-               "source": source, "offset": -1, "size": 0, "read_error": "truncated_shard"}
+               "source": source, "offset": -1, "size": 0, "read_error": "truncated_shard", "compression": compression}
         if current is not None and current["offset"] >= 0:
             current = dict(current, read_error="truncated_shard")
             yield current
@@ -395,8 +428,28 @@ def expand_braces(pattern: str) -> list[str]:
     return [head + c + rest for c in choices for rest in expand_braces(tail)]
 
 
+def open_decompressed(raw: IO[bytes], compression: str) -> IO[bytes]:
+    """A seekable reader of the uncompressed bytes of a ``gz``/``bz2``/``xz`` tar (``scan_tar_index``'s
+    ``compression``). Seeking forward decompresses and skips; seeking back starts over, so callers
+    read a compressed shard's members in offset order."""
+    import bz2
+    import gzip
+    import lzma
+
+    openers = {"gz": lambda f: gzip.GzipFile(fileobj=f, mode="rb"), "bz2": lambda f: bz2.BZ2File(f, "rb"),
+               "xz": lambda f: lzma.LZMAFile(f, "rb")}
+    if compression not in openers:
+        raise ValueError(f"unknown tar compression {compression!r}; expected one of {', '.join(openers)}")
+    return openers[compression](raw)
+
+
+#: suffixes of the tar shards a directory may hold (plain, or compressed as a whole)
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+
+
 def list_shards(location: str | Path) -> list[str]:
-    """Shard paths under a directory (``*.tar``, sorted), matching a glob or brace list, or one tar file.
+    """Shard paths under a directory (``*.tar``, ``*.tar.gz``, ``*.tgz``, sorted), matching a glob or
+    brace list, or one tar file.
 
     Raises InputError with a message that names the path and the fix.
     """
@@ -416,7 +469,7 @@ def list_shards(location: str | Path) -> list[str]:
         if not tarfile.is_tarfile(p):
             raise InputError(f"{p} is not a tar shard; convert images with `sslpipe shard {p.parent} OUT_DIR`")
         return [str(p)]
-    found = sorted(str(x) for x in p.glob("*.tar"))
+    found = sorted(str(x) for x in p.iterdir() if x.name.endswith(TAR_SUFFIXES) and x.is_file())
     if not found:
-        raise InputError(f"no .tar shards in {p}; for an image folder run `sslpipe shard {p} OUT_DIR` first")
+        raise InputError(f"no .tar/.tar.gz/.tgz shards in {p}; for an image folder run `sslpipe shard {p} OUT_DIR` first")
     return found

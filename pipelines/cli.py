@@ -60,16 +60,36 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(until=until)
 
     p = verbs.add_parser("shard", help="convert an image folder (or re-shard tars/parquet) into sorted shards + index",
-                         description="Image folders root/<class>/<file>, webdataset tars or parquet files (paths, globs, "
-                         "brace lists, s3://... uris) become shards shard-NNNNNN.tar (KEY.<ext>, KEY.cls, KEY.json) or "
-                         ".parquet, sorted by key, plus index.parquet (key, shard, offset, size, label), rejects.parquet "
-                         "and summary.json. Bad inputs are recorded, never fatal. Re-running resumes a killed job.")
-    p.add_argument("src", help="image folder (class sub-folders become labels), or shards: path, glob, {a,b} list, uri")
+                         description="Image folders (walked recursively: root/<class>/<file>, date partitions, files "
+                         "at the top), webdataset tars (.tar, .tar.gz, .tgz; img2dataset / NeMo Curator output with its "
+                         "side .parquet/.json files) or parquet files (paths, globs, brace lists, s3://... uris) become "
+                         "shards shard-NNNNNN.tar (KEY.<ext>, KEY.cls, KEY.json) or .parquet, sorted by key (an image's "
+                         "path relative to the folder, without extension), plus index.parquet (key, shard, offset, "
+                         "size, label), rejects.parquet, ignored.parquet (files not read, with the reason) and "
+                         "summary.json. Listing and writing run as Ray tasks across the cluster; the shards are the "
+                         "same whatever the number of workers. Bad inputs are recorded, never fatal. Re-running "
+                         "resumes a killed job.")
+    p.add_argument("src", help="image folder, or shards: path, glob, {a,b} list, uri")
     p.add_argument("dest", help="output directory or uri for the shards")
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
     p.add_argument("--format", choices=("webdataset", "parquet"), default="webdataset",
                    help="output shard format (default webdataset tars)")
     p.add_argument("--limit", type=int, default=0, help="only this many images, a reproducible random subset (0 = all)")
+    p.add_argument("--labels", default="none", metavar="none|folder|FILE",
+                   help="where labels come from. none (default): none are made up: images in a folder are "
+                   "unlabelled, shards keep the labels stored in them. folder: the first folder under the root is "
+                   "the class (root/<class>/..., any depth; classes numbered by sorted name). FILE: a .csv (header "
+                   "key,label) or .parquet with a label per key (the image's relative path, with or without "
+                   "extension, or a shard sample's key); integer labels as they are, class names numbered by sorted "
+                   "name; samples not in the file are unlabelled")
+    p.add_argument("--max-side", type=int, default=0, metavar="N",
+                   help="re-encode images whose longer side is over N pixels to N (same format where it holds the "
+                   "pixels, bit depth kept); 0 (default) keeps every image's bytes")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="Ray tasks at a time (default: as many as the cluster has CPUs); 0 = no Ray, everything "
+                   "in this process (the same code; for tiny inputs)")
+    p.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else start a local Ray); the "
+                   "input and output must then be on storage every node sees (s3://, gs://, a shared filesystem)")
 
     p = verbs.add_parser("eval", help="evaluate a checkpoint on frozen features (kNN, linear, few-shot, tail, robustness)",
                          description="Embeds --data (labelled training images: the kNN bank and probe training set) "
@@ -147,9 +167,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "shard":
             from pipelines.sources import shard_source
 
+            from pipelines.config import RayConfig
+
             if args.shard_size < 1:
                 raise InputError("--shard-size must be >= 1")
-            shard_source(args.src, args.dest, args.shard_size, args.format, args.limit)
+            if args.workers is not None and args.workers < 0:
+                raise InputError("--workers must be >= 0 (0 = in this process, no Ray)")
+            shard_source(args.src, args.dest, args.shard_size, args.format, args.limit, labels=args.labels,
+                         max_side=args.max_side, workers=args.workers,
+                         ray_config=None if args.workers == 0 else RayConfig(address=args.address))
             return 0
         if args.verb == "sweep":
             from pipelines.sweep import run_sweep_cli

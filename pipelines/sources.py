@@ -2,23 +2,24 @@
 
 Every source ends as shards sorted by key (webdataset tars by default, or
 parquet with an ``image`` column). ``shard_source`` converts image folders
-(``root/<class>/<file>``) and re-shards existing tar/parquet inputs on any
-filesystem, with a parquet index and a record of every rejected input.
-Conversion is resumable: shards that already exist are kept, the one a kill
-cut off is redone.
+(walked recursively, any layout) and re-shards existing tar/parquet inputs on
+any filesystem, with a parquet index, a record of every rejected input and a
+list of every file it did not read. Listing and writing run as Ray tasks
+across the cluster (``pipelines.shard_tasks``); the plan they follow is made
+in the driver (``pipelines.shard_plan``), so the output does not depend on the
+number of workers. Conversion is resumable: shards that already exist are
+kept, the one a kill cut off is redone.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import time
 from collections import Counter
-from contextlib import contextmanager
-import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -27,13 +28,16 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from curation.errors import InputError
-from curation.ingest import (clean_ext, expand_uris, filesystem_for, join_uri, open_input, open_input_file,
-                             parquet_schema_problem, unsafe_key)
+from curation.ingest import IGNORED_REASONS as SHARD_DIR_IGNORED_REASONS
+from curation.ingest import filesystem_for, join_uri, storage_env
 from curation.planting import encode_png, plant_pool
 from curation.redact import redact, refuse_credentials
-from curation.shards import (IMAGE_EXTENSIONS, INT64_MAX, INT64_MIN, Sample, list_shards, normalize_meta, scan_tar_index,
-                             sniff_image_ext, write_parquet_stream, write_shard, write_tar_stream)
-from pipelines.config import RunConfig
+from curation.shards import Sample, list_shards, write_shard
+from pipelines.config import RayConfig, RunConfig
+from pipelines.shard_listing import FOLDER_IGNORED_REASONS
+from pipelines.shard_plan import SourcePlan, fingerprint, plan_source
+from pipelines.shard_tasks import TaskRunner
+from pipelines.shard_writer import SIDE_SCHEMA, WrittenShard, atomic_output, write_shard_task, write_table
 
 DEMO_SOURCE = "mnist-demo"
 
@@ -80,46 +84,27 @@ def _write_in_shards(samples: list[Sample], dest: Path, shard_size: int, prefix:
 
 
 def list_image_folder(src: Path, limit: int = 0) -> list[tuple[Path, int, str]]:
-    """(file, label, key) for ``src/<class>/<file>`` (labels by sorted class name) or flat ``src/<file>`` (label -1)."""
-    if not src.exists():
-        raise InputError(f"input path does not exist: {src} (check the path)")
-    if not src.is_dir():
-        raise InputError(f"{src} is not a folder of images; pass a folder or a directory of .tar shards")
-    classes = sorted(d.name for d in src.iterdir() if d.is_dir())
-    items: list[tuple[Path, int, str]] = []
-    groups = [(src / c, i, f"{c}_") for i, c in enumerate(classes)] or [(src, -1, "")]
-    for folder, label, prefix in groups:
-        files = sorted(f for f in folder.iterdir() if f.is_file() and f.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS)
-        items.extend((f, label, f"{prefix}{f.stem}") for f in files)
-    if not items:
-        raise InputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {src} or its class sub-folders")
-    if limit:
-        rng = np.random.default_rng(0)  # a class-balanced random subset, reproducible
-        items = [items[i] for i in sorted(rng.choice(len(items), size=min(limit, len(items)), replace=False))]
-    return items
+    """(file, label, key) of the images ``shard_source(src, ..., limit=limit)`` shards, in key order.
+
+    Labels by top folder (``labels="auto"``: class index by sorted folder name, -1 for files at
+    the top); the same walk, key rule and random subset as sharding, in this process.
+    """
+    plan = plan_source(str(src), "auto", limit, "webdataset", TaskRunner(workers=0)).table
+    return [(Path(o), int(label), k) for o, label, k in zip(plan.column("origin").to_pylist(),
+                                                             plan.column("label").to_pylist(),
+                                                             plan.column("key").to_pylist())]
 
 
 def shard_folder(src: str | Path, dest: str | Path, shard_size: int, limit: int = 0) -> list[str]:
-    """Convert an image folder to sorted tar shards; images keep their encoded bytes."""
-    return shard_source(str(src), str(dest), shard_size, "webdataset", limit).paths
+    """Convert an image folder (class folders become labels, as before labels became optional) to sorted tar shards."""
+    return shard_source(str(src), str(dest), shard_size, "webdataset", limit, labels="auto").paths
 
 
 SHARD_FORMATS = {"webdataset": ".tar", "parquet": ".parquet"}
 INDEX_COLUMNS = ("key", "shard", "offset", "size", "label")
-
-
-@dataclass
-class _Entry:
-    """One planned sample: where its bytes are now and what it will be called."""
-
-    key: str
-    label: int
-    ext: str
-    meta: str  # json text or ""
-    origin: str  # file path, or uri of the input shard
-    kind: str  # "file", "tar" or "parquet"
-    offset: int = -1  # tar: data offset; parquet: row number in the file
-    size: int = 0
+#: ignored files named in summary.json itself (all of them are in ignored.parquet)
+SUMMARY_IGNORED_LIMIT = 1000
+IGNORED_REASONS = {**SHARD_DIR_IGNORED_REASONS, **FOLDER_IGNORED_REASONS}
 
 
 @dataclass
@@ -132,218 +117,89 @@ class ShardReport:
     summary_path: str
     samples: int
     rejected: dict[str, int] = field(default_factory=dict)
+    ignored: dict[str, int] = field(default_factory=dict)  # files not read, by reason (all in ignored.parquet)
+    labelled: int = 0
+    resized: int = 0
+    classes: list[str] = field(default_factory=list)
 
 
-def _is_image_folder(src: str) -> bool:
-    """A local directory with no shard files in it is an image folder (``root/<class>/<file>``)."""
-    if "://" in src or any(ch in src for ch in "*?[{"):
-        return False
-    path = Path(src)
-    return path.is_dir() and not any(path.glob("*.tar")) and not any(path.glob("*.parquet"))
+def _existing_outputs(fs: pafs.FileSystem, root: str) -> set[str]:
+    """Files already under the destination (relative names), from two listings rather than one request per shard."""
+    names: set[str] = set()
+    for folder in (root, f"{root}/_index"):
+        for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
+            if info.type == pafs.FileType.File:
+                names.add(info.path[len(root) + 1:])
+    return names
 
 
-def _plan_folder(src: str, limit: int) -> list[_Entry]:
-    return [_Entry(key, label, file.suffix.lower().lstrip("."), json.dumps({"file": file.name}), str(file), "file")
-            for file, label, key in list_image_folder(Path(src), limit)]
+def _remove_stale_temps(fs: pafs.FileSystem, root: str) -> None:
+    """Delete the temp files of writers a kill cut off (local destinations; object stores have none).
 
-
-def _plan_shards(src: str) -> tuple[list[_Entry], list[dict[str, Any]]]:
-    """Scan input shards for keys, labels and image locations (no image bytes kept)."""
-    entries: list[_Entry] = []
-    rejects: list[dict[str, Any]] = []
-    for uri in expand_uris(src):
-        if uri.endswith(".parquet"):
-            try:
-                with open_input_file(uri) as handle:
-                    pf = pq.ParquetFile(handle)
-                    names = set(pf.schema_arrow.names)
-                    problem = parquet_schema_problem(pf.schema_arrow)
-                    if problem is not None:  # names the column, its type and the expected schema
-                        rejects.append({"key": f"{uri}#schema", "source": uri, "shard": "", "reason": problem[0],
-                                        "detail": problem[1]})
-                        continue
-                    cols = [c for c in ("key", "label", "ext", "meta") if c in names]
-                    stem, row = PurePosixPath(uri.split("://", 1)[-1]).stem, 0
-                    for batch in pf.iter_batches(batch_size=4096, columns=cols or None):
-                        d = batch.to_pydict()
-                        for i in range(batch.num_rows):
-                            key = str(d["key"][i]) if "key" in d and d["key"][i] not in (None, "") else f"{stem}/{row:09d}"
-                            label = d["label"][i] if "label" in d and d["label"][i] is not None else -1
-                            ext = clean_ext(d["ext"][i]) if "ext" in d else ""
-                            meta, meta_ok = normalize_meta(d["meta"][i]) if "meta" in d and d["meta"][i] else ("", True)
-                            reason = ("unsafe_path" if unsafe_key(key) else
-                                      "bad_label" if not INT64_MIN <= int(label) <= INT64_MAX else
-                                      "" if meta_ok else "bad_meta")
-                            if reason:
-                                rejects.append({"key": key, "source": uri, "shard": "", "reason": reason})
-                            else:
-                                entries.append(_Entry(key, int(label), ext, meta, uri, "parquet", row))
-                            row += 1
-            except (OSError, ValueError) as exc:
-                rejects.append({"key": f"{uri}#truncated", "source": uri, "shard": "", "reason": "truncated_shard",
-                                "detail": str(exc)[:200]})
-            continue
-        try:
-            stream = open_input(uri)
-        except OSError as exc:
-            rejects.append({"key": f"{uri}#unreadable", "source": uri, "shard": "", "reason": "unreadable_shard",
-                            "detail": str(exc)[:200]})
-            continue
-        with stream:
-            for row in scan_tar_index(stream, uri):
-                if row["read_error"]:
-                    detail = json.loads(row["meta"])["error"] if row["meta"].startswith('{"error"') else ""
-                    rejects.append({"key": row["key"], "source": uri, "shard": "", "reason": row["read_error"],
-                                    "detail": detail})
-                else:
-                    entries.append(_Entry(row["key"], row["label"], row["ext"], row["meta"], uri, "tar",
-                                          row["offset"], row["size"]))
-    return entries, rejects
-
-
-def _webdataset_key(e: _Entry) -> _Entry:
-    """A key a tar can carry: webdataset keys end at the first dot of the member's basename, so
-    ``IMG_1.final`` would be read back as ``IMG_1`` with extension ``final.jpg`` (no image).
-    Dots in the last path part become ``_``; the original key is kept in the metadata."""
-    head, _, base = e.key.rpartition("/")
-    if "." not in base:
-        return e
-    meta = json.loads(e.meta) if e.meta else {}
-    meta = meta if isinstance(meta, dict) else {"meta": meta}
-    meta.setdefault("source_key", e.key)
-    return dataclasses.replace(e, key=(head + "/" if head else "") + base.replace(".", "_"),
-                               meta=json.dumps(meta, sort_keys=True))
-
-
-def _dedupe(entries: list[_Entry]) -> tuple[list[_Entry], list[dict[str, Any]]]:
-    """Sort by key; a key seen again (in any shard) is rejected, the first by input order kept."""
-    ordered = sorted(entries, key=lambda e: e.key)  # stable: ties keep input order
-    kept: list[_Entry] = []
-    rejects: list[dict[str, Any]] = []
-    for e in ordered:
-        if kept and kept[-1].key == e.key:
-            rejects.append({"key": e.key, "source": e.origin, "shard": "", "reason": "duplicate_key",
-                            "detail": f"first seen in {kept[-1].origin}"})
-        else:
-            kept.append(e)
-    return kept, rejects
-
-
-class _Loader:
-    """Fetches the image bytes of planned entries, keeping the current input open between samples."""
-
-    def __init__(self) -> None:
-        self._files: dict[str, Any] = {}
-        self._group: tuple[str, int] | None = None
-        self._group_rows: list[Any] = []
-        self._group_start = 0
-
-    def load(self, e: _Entry) -> bytes | None:
-        if e.kind == "file":
-            return Path(e.origin).read_bytes()
-        if e.kind == "tar":
-            handle = self._files.get(e.origin) or self._files.setdefault(e.origin, open_input_file(e.origin))
-            return handle.read_at(e.size, e.offset)
-        handle = self._files.get(e.origin) or self._files.setdefault(e.origin, open_input_file(e.origin))
-        pf = pq.ParquetFile(handle)
-        start = 0
-        for rg in range(pf.metadata.num_row_groups):
-            n = pf.metadata.row_group(rg).num_rows
-            if e.offset < start + n:
-                if self._group != (e.origin, rg):
-                    self._group_rows = pf.read_row_group(rg, columns=["image"]).column("image").to_pylist()
-                    self._group, self._group_start = (e.origin, rg), start
-                return self._group_rows[e.offset - self._group_start]
-            start += n
-        raise OSError(f"row {e.offset} is past the end of {e.origin}")
-
-    def close(self) -> None:
-        for handle in self._files.values():
-            handle.close()
-        self._files.clear()
-
-
-def _output_exists(fs: pafs.FileSystem, path: str) -> bool:
-    return fs.get_file_info(path).type == pafs.FileType.File
-
-
-@contextmanager
-def _atomic_output(fs: pafs.FileSystem, path: str) -> Iterator[Any]:
-    """A writable stream whose content appears under ``path`` only when complete.
-
-    Locally: temp name + rename. On object stores a single PUT/multipart upload
-    is already all-or-nothing, so we write the final key directly.
-    """
+    A temp name is unique per writer, so a cut-off write leaves its own; the shard it was
+    writing is missing and will be written again under a new temp name."""
     if isinstance(fs, pafs.LocalFileSystem):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
-            yield f
-        os.replace(tmp, path)
-    else:
-        with fs.open_output_stream(path) as f:
-            yield f
+        for folder in (Path(root), Path(root) / "_index"):
+            for tmp in folder.glob("*.tmp"):
+                tmp.unlink(missing_ok=True)
 
 
-def _write_table(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
-    with _atomic_output(fs, path) as f:
-        pq.write_table(table, f)
+def _check_plan_record(fs: pafs.FileSystem, root: str, dest: str, src: str, plan: SourcePlan, digest: str,
+                       shard_size: int, fmt: str) -> None:
+    """Record what this destination is made from, or refuse a destination made from something else."""
+    plan_path = f"{root}/_index/plan.json"
+    if fs.get_file_info(plan_path).type == pafs.FileType.File:
+        with fs.open_input_stream(plan_path) as f:
+            previous = json.loads(f.read().decode())
+        if previous.get("fingerprint") != digest:
+            raise InputError(f"{dest} already holds shards of a different input, shard size, format, labels or "
+                             "--max-side; use an empty destination (or delete it) to start over")
+        return
+    with atomic_output(fs, plan_path) as f:
+        f.write(json.dumps({"fingerprint": digest, "samples": plan.table.num_rows, "shard_size": shard_size,
+                            "format": fmt, "source": src, "labels": plan.label_source}).encode())
 
 
-def _write_one_shard(chunk: list[_Entry], fs: pafs.FileSystem, data_path: str, side_path: str, name: str, fmt: str,
-                     loader: _Loader) -> None:
-    """Read, check and write one output shard and its index part; the shard file is renamed last."""
-    samples, sources, rejects = [], {}, []
-    for e in chunk:
-        try:
-            data = loader.load(e)
-        except (OSError, ValueError) as exc:
-            rejects.append((e, "unreadable", str(exc)[:200]))
-            continue
-        if data is None:
-            rejects.append((e, "no_image_member", ""))
-        elif len(data) == 0:
-            rejects.append((e, "empty_file", ""))
-        elif sniff_image_ext(data) is None:
-            rejects.append((e, "not_an_image", data[:16].hex()))
-        else:
-            ext = e.ext or sniff_image_ext(data) or "jpg"
-            meta = json.loads(e.meta) if e.meta else {}
-            samples.append(Sample(e.key, data, ext, e.label, meta))
-            sources[e.key] = e.origin
-    writer = write_tar_stream if fmt == "webdataset" else write_parquet_stream
-    labels = {s.key: s.label for s in samples}
-    with _atomic_output(fs, data_path) as f:
-        located = writer(samples, f)
-        rows = [{"key": k, "shard": name, "offset": o, "size": n, "label": labels[k], "source": sources[k],
-                 "reason": "ok", "detail": ""} for k, o, n in located]
-        rows += [{"key": e.key, "shard": name, "offset": -1, "size": 0, "label": e.label, "source": e.origin,
-                  "reason": r, "detail": d} for e, r, d in rejects]
-        # the index part lands before the shard does (rename / upload completion on leaving this block):
-        # an existing shard file therefore always has its index part, and the shard file marks "done"
-        _write_table(fs, side_path, pa.Table.from_pylist(rows, schema=_SIDE_SCHEMA))
+def _progress(total: int) -> Callable[[int], None]:
+    """Prints about ten progress lines for a long job."""
+    step = max(1, total // 10)
+
+    def report(done: int) -> None:
+        if total >= 20 and (done % step == 0) and done < total:
+            print(f"[shard] {done}/{total} shards written", flush=True)
+
+    return report
 
 
-_SIDE_SCHEMA = pa.schema([("key", pa.string()), ("shard", pa.string()), ("offset", pa.int64()), ("size", pa.int64()),
-                          ("label", pa.int64()), ("source", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
-
-
-def shard_source(src: str, dest: str, shard_size: int, fmt: str = "webdataset", limit: int = 0) -> ShardReport:
+def shard_source(src: str, dest: str, shard_size: int, fmt: str = "webdataset", limit: int = 0, *,
+                 labels: str = "auto", max_side: int = 0, workers: int | None = None,
+                 ray_config: RayConfig | None = None) -> ShardReport:
     """Convert any input (image folder, tar/parquet shards by path, glob, brace list or uri) to sorted shards.
 
     Writes ``DEST/shard-NNNNNN.{tar,parquet}`` sorted by key, ``DEST/index.parquet``
     (key, shard, offset, size, label, source: offset is the image's byte offset
     in a tar or its row in a parquet shard), ``DEST/rejects.parquet`` (key,
-    source, shard, reason, detail) and ``DEST/summary.json``. Bad input never
-    stops the job: truncated shards, samples with no image, zero-byte,
-    unreadable or non-image files and keys repeated across shards are counted
-    and recorded with their reason.
+    source, shard, reason, detail), ``DEST/ignored.parquet`` (path, reason: files
+    not read) and ``DEST/summary.json``. Bad input never stops the job: truncated
+    shards, samples with no image, zero-byte, unreadable or non-image files and
+    keys repeated across shards are counted and recorded with their reason.
 
-    Resumable: the plan (sorted, de-duplicated keys cut into ``shard_size``
-    chunks) is a pure function of the input, each shard is written atomically
-    with its index part written first, so a re-run skips finished shards and
-    redoes the one that was cut off - no sample lost or written twice. A
-    re-run against a different input is refused rather than mixed in.
+    Image folders are walked recursively; a sample's key is its relative path without
+    the extension. ``labels``: ``none``, ``folder``, ``auto`` or a key,label file (see
+    ``pipelines.shard_labels``). ``max_side``: re-encode images whose longer side is
+    over it (0 = keep every image's bytes).
+
+    Listing and writing run as Ray tasks (``pipelines.shard_tasks``): ``workers`` caps
+    how many run at once, ``workers=0`` runs them in this process. Without a running
+    Ray and no ``ray_config`` they also run here; with ``ray_config`` a Ray is started
+    or joined (only once there is something to list or write). The output is the same
+    bytes whichever way it ran.
+
+    Resumable: the plan (sorted, de-duplicated keys and labels cut into ``shard_size``
+    chunks) is a pure function of the input and options, each shard is written atomically
+    with its index part written first, so a re-run skips finished shards and redoes the one
+    that was cut off - no sample lost or written twice. A re-run against a different input
+    is refused rather than mixed in.
     """
     if fmt not in SHARD_FORMATS:
         raise InputError(f"unknown shard format {fmt!r}; use one of {', '.join(SHARD_FORMATS)}")
@@ -351,75 +207,87 @@ def shard_source(src: str, dest: str, shard_size: int, fmt: str = "webdataset", 
     refuse_credentials(dest)
     if shard_size < 1:
         raise InputError("shard size must be >= 1")
-    if _is_image_folder(src):
-        entries, plan_rejects = _plan_folder(src, limit), []
-    else:
-        entries, plan_rejects = _plan_shards(src)
-    if fmt == "webdataset":
-        entries = [_webdataset_key(e) for e in entries]
-    entries, dup_rejects = _dedupe(entries)
-    plan_rejects += dup_rejects
-    if limit and not _is_image_folder(src):
-        rng = np.random.default_rng(0)
-        entries = [entries[i] for i in sorted(rng.choice(len(entries), size=min(limit, len(entries)), replace=False))]
+    if max_side < 0:
+        raise InputError("--max-side must be >= 1 (or 0 to keep every image as it is)")
+    started = time.perf_counter()
+    runner = TaskRunner(workers, ray_config)
+    plan = plan_source(src, labels, limit, fmt, runner)
+    listed = time.perf_counter()
 
     fs, root = filesystem_for(dest)
     root = root.rstrip("/")
     suffix = SHARD_FORMATS[fmt]
-    fingerprint = hashlib.sha256("\n".join(e.key for e in entries).encode() + f"|{shard_size}|{fmt}".encode()).hexdigest()
-    plan_path = f"{root}/_index/plan.json"
-    if _output_exists(fs, plan_path):
-        with fs.open_input_stream(plan_path) as f:
-            previous = json.loads(f.read().decode())
-        if previous.get("fingerprint") != fingerprint:
-            raise InputError(f"{dest} already holds shards of a different input, shard size or format; "
-                             "use an empty destination (or delete it) to start over")
-    else:
-        with _atomic_output(fs, plan_path) as f:
-            f.write(json.dumps({"fingerprint": fingerprint, "samples": len(entries), "shard_size": shard_size,
-                                "format": fmt, "source": src}).encode())
+    _check_plan_record(fs, root, dest, src, plan, fingerprint(plan, shard_size, fmt, max_side), shard_size, fmt)
+    _remove_stale_temps(fs, root)
+    existing = _existing_outputs(fs, root)
+    names = [f"shard-{number:06d}{suffix}" for number in range(-(-plan.table.num_rows // shard_size))]
+    todo = [n for n, name in enumerate(names)
+            if name not in existing or f"_index/shard-{n:06d}.parquet" not in existing]
+    print(f"[shard] {plan.table.num_rows} samples listed in {listed - started:.1f} s ({plan.listing_tasks} listing "
+          f"task(s)); {len(todo)} of {len(names)} shard(s) to write "
+          f"{'as Ray tasks' if runner.uses_ray else 'in this process'}", flush=True)
+    table_ref = runner.put(plan.table) if todo else None
+    env = storage_env()
+    written: list[WrittenShard] = runner.map(write_shard_task, [
+        (table_ref, n * shard_size, min((n + 1) * shard_size, plan.table.num_rows), n, names[n], dest, fmt, max_side,
+         env) for n in todo], on_done=_progress(len(todo)))
+    wrote = time.perf_counter()
 
-    names, loader, written = [], _Loader(), 0
-    try:
-        for number, start in enumerate(range(0, len(entries), shard_size)):
-            name = f"shard-{number:06d}{suffix}"
-            data_path, side_path = f"{root}/{name}", f"{root}/_index/shard-{number:06d}.parquet"
-            names.append(name)
-            if _output_exists(fs, data_path) and _output_exists(fs, side_path):
-                continue  # finished by an earlier run
-            _write_one_shard(entries[start : start + shard_size], fs, data_path, side_path, name, fmt, loader)
-            written += 1
-    finally:
-        loader.close()
-
+    sides = {w.number: w.side for w in written}
     parts = []
     for number in range(len(names)):
-        with fs.open_input_file(f"{root}/_index/shard-{number:06d}.parquet") as f:
-            parts.append(pq.read_table(f))
-    side = pa.concat_tables(parts) if parts else _SIDE_SCHEMA.empty_table()
+        if number not in sides:  # finished by an earlier run
+            with fs.open_input_file(f"{root}/_index/shard-{number:06d}.parquet") as f:
+                sides[number] = pq.read_table(f)
+        parts.append(sides[number])
+    side = pa.concat_tables(parts) if parts else SIDE_SCHEMA.empty_table()
     ok = side.filter(pa.compute.equal(side["reason"], "ok"))
     index = ok.select(list(INDEX_COLUMNS) + ["source"]).sort_by("key")
     bad = side.filter(pa.compute.not_equal(side["reason"], "ok")).select(["key", "source", "shard", "reason", "detail"])
-    plan_table = pa.Table.from_pylist([{"detail": "", **r} for r in plan_rejects], schema=bad.schema)
+    plan_table = pa.Table.from_pylist([{"detail": "", **r} for r in plan.rejects], schema=bad.schema)
     rejects = pa.concat_tables([plan_table, bad])
+    ignored = pa.table({"path": [p for p, _ in plan.ignored], "reason": [r for _, r in plan.ignored]},
+                       schema=pa.schema([("path", pa.string()), ("reason", pa.string())]))
     index_path, rejects_path, summary_path = f"{root}/index.parquet", f"{root}/rejects.parquet", f"{root}/summary.json"
-    _write_table(fs, index_path, index)
-    _write_table(fs, rejects_path, rejects)
+    write_table(fs, index_path, index)
+    write_table(fs, rejects_path, rejects)
+    write_table(fs, f"{root}/ignored.parquet", ignored)
     by_reason = dict(sorted(Counter(rejects.column("reason").to_pylist()).items()))
     by_source: dict[str, dict[str, int]] = {}
     for source, reason in zip(rejects.column("source").to_pylist(), rejects.column("reason").to_pylist()):
         by_source.setdefault(source, {}).setdefault(reason, 0)
         by_source[source][reason] += 1
-    summary = {"source": src, "format": fmt, "shards": len(names), "samples": index.num_rows,
-               "rejected": by_reason, "rejected_by_source": by_source, "shards_written_this_run": written}
-    with _atomic_output(fs, summary_path) as f:
+    ignored_by_reason = dict(sorted(Counter(r for _, r in plan.ignored).items()))
+    labelled = int(pa.compute.sum(pa.compute.greater_equal(index["label"], 0)).as_py() or 0)
+    resized = int(pa.compute.sum(pa.compute.starts_with(ok["detail"], "resized")).as_py() or 0)
+    summary = {
+        "source": src, "format": fmt, "shards": len(names), "samples": index.num_rows,
+        "rejected": by_reason, "rejected_by_source": by_source, "shards_written_this_run": len(written),
+        "labels": {"source": plan.label_source, "labelled": labelled, "unlabelled": index.num_rows - labelled,
+                   "classes": plan.classes, **plan.label_stats},
+        "max_side": max_side, "resized": resized,
+        "ignored": {"count": len(plan.ignored), "by_reason": ignored_by_reason,
+                    "reasons": {r: IGNORED_REASONS.get(r, r) for r in ignored_by_reason},
+                    "files": [{"path": p, "reason": r} for p, r in plan.ignored[:SUMMARY_IGNORED_LIMIT]],
+                    "all_files_in": "ignored.parquet"},
+        "this_run": {"ran": "ray" if runner.uses_ray else "in-process", "listing_tasks": plan.listing_tasks,
+                     "write_tasks": len(written), "processes": len({(w.node, w.pid) for w in written}),
+                     "nodes": len({w.node for w in written}),
+                     # ray_start: starting a local Ray (inside listing or writing, whichever needed it first)
+                     "seconds": {"listing": round(listed - started, 3), "writing": round(wrote - listed, 3),
+                                 "ray_start": round(runner.start_seconds, 3),
+                                 "total": round(time.perf_counter() - started, 3)}},
+    }
+    with atomic_output(fs, summary_path) as f:
         f.write(json.dumps(summary, indent=2, sort_keys=True).encode())
     uris = [join_uri(dest, f"{root}/{n}") for n in names]
     rejected_text = ", ".join(f"{k} {v}" for k, v in by_reason.items()) or "none"
-    print(f"[shard] {index.num_rows} samples from {redact(src)} -> {len(names)} {fmt} shard(s) in {redact(dest)} "
-          f"({written} written now); rejected: {rejected_text}", flush=True)
+    ignored_text = (f"; ignored {len(plan.ignored)} file(s) ({', '.join(f'{k} {v}' for k, v in ignored_by_reason.items())};"
+                    " listed in summary.json and ignored.parquet)" if plan.ignored else "")
+    print(f"[shard] {index.num_rows} samples ({labelled} labelled) from {redact(src)} -> {len(names)} {fmt} shard(s) "
+          f"in {redact(dest)} ({len(written)} written now); rejected: {rejected_text}{ignored_text}", flush=True)
     return ShardReport(uris, join_uri(dest, index_path), join_uri(dest, rejects_path), join_uri(dest, summary_path),
-                       index.num_rows, by_reason)
+                       index.num_rows, by_reason, ignored_by_reason, labelled, resized, plan.classes)
 
 
 def resolve_location(location: str, dest: Path, cfg: RunConfig) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -58,7 +59,9 @@ def test_shards_round_trip_through_s3(tmp_path: Path, mnist_digits, s3_server, r
 
 
 def _shard_cmd(src: Path, dest: Path) -> list[str]:
-    return [sys.executable, "-m", "pipelines.cli", "shard", str(src), str(dest), "--shard-size", "25"]
+    # in this process (--workers 0): the same plan and writer as on Ray, with a deterministic kill point;
+    # tests/ingest/test_parallel_shard.py kills a job that runs on Ray
+    return [sys.executable, "-m", "pipelines.cli", "shard", str(src), str(dest), "--shard-size", "25", "--workers", "0"]
 
 
 def test_killed_shard_job_resumes_without_losing_or_duplicating(tmp_path: Path, mnist_digits) -> None:
@@ -93,3 +96,26 @@ def test_killed_shard_job_resumes_without_losing_or_duplicating(tmp_path: Path, 
     assert not list(dest.glob("*.tmp")) and not list((dest / "_index").glob("*.tmp"))
     for name in ("shard-000000.tar", "shard-000119.tar"):
         assert (dest / name).read_bytes() == (reference / name).read_bytes()
+
+
+def test_nested_image_folder_in_a_bucket_is_walked_by_ray_tasks(tmp_path: Path, mnist_digits, s3_server,
+                                                               ray_session) -> None:
+    """Images straight in a bucket (no shared disk on a cluster): listed and sharded by tasks that read the bucket."""
+    from curation.planting import encode_png
+
+    images, _ = mnist_digits
+    files = {}
+    for i in range(30):
+        key = f"{2023 + i % 2}/{1 + i % 3:02d}/{1 + i % 2:02d}/cam{i % 2}/img{i:03d}"  # deep: listing tasks walk it
+        files[key] = encode_png(images[i])
+        with s3_server.open_output_stream(f"sslpipe-test/photos/{key}.png") as f:
+            f.write(files[key])
+    with s3_server.open_output_stream("sslpipe-test/photos/2023/notes.txt") as f:
+        f.write(b"not an image")
+    report = shard_source("s3://sslpipe-test/photos", "s3://sslpipe-test/photo-shards", shard_size=8, labels="none")
+    assert report.samples == 30 and report.ignored == {"not_an_image_file": 1}
+    rows = read_shards("s3://sslpipe-test/photo-shards").take_all()
+    assert {r["key"]: r["image"] for r in rows} == files
+    with open_input_file("s3://sslpipe-test/photo-shards/summary.json") as f:
+        run = json.loads(f.read())["this_run"]
+    assert run["ran"] == "ray" and run["listing_tasks"] >= 1

@@ -35,7 +35,7 @@ def test_folder_to_tar_shards_with_an_index_that_points_at_the_bytes(tmp_path: P
         with open(tmp_path / "out" / row["shard"], "rb") as f:
             f.seek(row["offset"])
             assert f.read(row["size"]) == files[row["key"]]
-        assert row["label"] == int(row["key"][1])  # d<digit>_NNNNN: class folders sorted = digit order
+        assert row["label"] == int(row["key"][1])  # d<digit>/NNNNN: class folders sorted = digit order
     keys_in_order = [r["key"] for p in report.paths for r in iter_tar_samples(open(p, "rb"), p)]
     assert keys_in_order == sorted(files)  # sorted inside and across shards
     assert report.rejected == {}
@@ -71,15 +71,15 @@ def test_bad_folder_inputs_are_counted_with_reasons_and_never_fatal(tmp_path: Pa
     (root / "d0" / "empty.png").write_bytes(b"")
     (root / "d0" / "notes.jpg").write_bytes(b"<html>403 Forbidden</html>")
     first = sorted(files)[0]  # the same key again as a .jpg beside its .png: a duplicate key
-    cls, stem = first.split("_")
+    cls, stem = first.split("/")
     (root / cls / f"{stem}.jpg").write_bytes(files[first])
     os.symlink("/proc/self/mem", root / "d1" / "unreadable.png")  # a regular file whose read fails, even for root
     report = shard_source(str(root), str(tmp_path / "out"), shard_size=16)
     rejects = pq.read_table(report.rejects_path).to_pylist()
     reasons = {r["key"]: r["reason"] for r in rejects}
-    assert reasons["d0_empty"] == "empty_file"
-    assert reasons["d0_notes"] == "not_an_image"
-    assert reasons["d1_unreadable"] == "unreadable"
+    assert reasons["d0/empty"] == "empty_file"
+    assert reasons["d0/notes"] == "not_an_image"
+    assert reasons["d1/unreadable"] == "unreadable"
     assert reasons[first] == "duplicate_key"
     assert report.samples == len(files)  # every good image made it, once
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
@@ -171,10 +171,42 @@ def test_brace_lists_and_globs_expand_in_order(tmp_path: Path) -> None:
         expand_uris(str(tmp_path / "s-{004..005}.tar"))
 
 
-def test_cli_shard_format_flag_and_user_errors(tmp_path: Path, digit_folder, capsys) -> None:
+def test_cli_shard_format_flag_and_user_errors(tmp_path: Path, digit_folder, capsys, ray_session) -> None:
     root, files = digit_folder
     assert cli_main(["shard", str(root), str(tmp_path / "o"), "--shard-size", "50", "--format", "parquet"]) == 0
     assert sorted(p.name for p in (tmp_path / "o").glob("shard-*")) == ["shard-000000.parquet", "shard-000001.parquet"]
     assert cli_main(["shard", str(root), str(tmp_path / "o"), "--shard-size", "20"]) == 2  # different plan: refused
     assert "different input" in capsys.readouterr().err
     assert cli_main(["shard", str(tmp_path / "missing"), str(tmp_path / "o2")]) == 2
+
+
+def test_tar_writer_writes_the_bytes_tarfile_writes(tmp_path: Path, digit_folder) -> None:
+    """The shard writer builds ustar headers itself (tarfile spends most of a shard write on them): the archive
+    must stay byte for byte what tarfile writes, long and non-ASCII names (pax headers) included."""
+    import io
+    import tarfile
+
+    from curation.shards import Sample, write_tar_stream
+
+    _, files = digit_folder
+    images = list(files.values())
+    samples = [Sample(f"2023/01/{i:03d}", images[i], "png", i % 3, {"file": f"{i}.png"} if i % 2 else {})
+               for i in range(12)]
+    samples += [Sample("d/" + "x" * 120, images[12], "png", 1), Sample("été/ü", images[13], "jpg", -1),
+                Sample("nothing", None, "png", 2)]
+    expected = io.BytesIO()
+    with tarfile.open(fileobj=expected, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for s in sorted(samples, key=lambda s: s.key):
+            members = ([(f"{s.key}.{s.ext}", s.image)] if s.image is not None else []) + [
+                (f"{s.key}.cls", str(s.label).encode())] + (
+                [(f"{s.key}.json", json.dumps(s.meta, sort_keys=True).encode())] if s.meta else [])
+            for name, payload in members:
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime = len(payload), 0
+                tar.addfile(info, io.BytesIO(payload))
+    written = io.BytesIO()
+    located = write_tar_stream(samples, written)
+    assert written.getvalue() == expected.getvalue()
+    for key, offset, size in located:  # and the offsets still point at each image
+        image = next(s.image for s in samples if s.key == key)
+        assert (written.getvalue()[offset: offset + size] == image) if image is not None else offset == -1
