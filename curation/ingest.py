@@ -32,6 +32,7 @@ import ray.data
 
 from curation.errors import InputError
 # the storage layer owns uris and filesystems; these names stay importable from here for existing callers
+from storage.io import open_input as storage_open_input
 from storage.uri import STORAGE_ENV, apply_env as _apply_env, filesystem_for, join_uri, storage_env  # noqa: F401
 from curation.shards import INT64_MAX, INT64_MIN, expand_braces, iter_tar_samples, normalize_meta, sniff_image_ext
 from curation.decode import decode_to_array
@@ -43,9 +44,9 @@ SIDE_FILES = ("index.parquet", "rejects.parquet", "manifest.parquet")
 
 
 def open_input(uri: str):
-    """Open a local path or any pyarrow filesystem uri (s3://, gs://, file://) for streaming reads."""
-    filesystem, path = filesystem_for(str(uri))
-    return filesystem.open_input_stream(path)
+    """Open a local path or any pyarrow filesystem uri (s3://, gs://, file://) for streaming reads
+    (buffered: ``storage.open_input``)."""
+    return storage_open_input(str(uri))
 
 
 def open_input_file(uri: str):

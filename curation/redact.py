@@ -1,5 +1,5 @@
-"""Re-export: credential redaction and refusal live in ``storage.redact`` (the storage layer)."""
+"""Re-export: credential redaction and refusal live in ``storage.credentials`` (the storage layer)."""
 
-from storage.redact import MASK, SECRET_ENV, has_credentials, redact, refuse_credentials
+from storage.credentials import MASK, SECRET_ENV, has_credentials, redact, refuse_credentials
 
 __all__ = ["MASK", "SECRET_ENV", "has_credentials", "redact", "refuse_credentials"]

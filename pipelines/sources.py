@@ -435,12 +435,14 @@ def list_uri_shards(location: str, setting: str = "data.source") -> list[str]:
     try:
         return expand_uris(location)
     except InputError as exc:
+        if any(ch in location for ch in "*?[{"):  # a pattern: expand_uris names the part that matched nothing
+            raise InputError(f"{setting}: {exc}") from None
         names = storage.list_dir(location)
         held = (f"it holds {len(names)} other entr{'y' if len(names) == 1 else 'ies'} (e.g. {', '.join(names[:3])})"
                 if names else "nothing is stored under that prefix")
-        raise InputError(f"{setting}={redact(location)} has no .tar/.parquet shards: {held} ({exc}); write shards "
-                         f"there with `sslpipe shard IMAGE_FOLDER {redact(location)}`, or point {setting} at the "
-                         "prefix that holds them") from None
+        raise InputError(f"{setting}={redact(location)} has no .tar/.parquet shards: {held}; write shards there "
+                         f"with `sslpipe shard IMAGE_FOLDER {redact(location)}`, or point {setting} at the prefix "
+                         "that holds them") from None
 
 
 def resolve_location(location: str, dest: str | Path, cfg: RunConfig) -> list[str]:

@@ -14,16 +14,16 @@ that writes into a run directory should go through it, so that the run directory
 
 from storage.checks import check_readable, check_writable, credentials_found
 from storage.errors import InputError
-from storage.io import (delete, exists, is_dir, is_file, list_dir, local_copy, open_output, put_file, read_bytes,
-                        read_json, read_text, scratch_dir, write_bytes, write_json, write_text)
-from storage.redact import has_credentials, redact, refuse_credentials
+from storage.io import (delete, exists, is_dir, is_file, list_dir, local_copy, open_input, open_output, put_file,
+                        read_bytes, read_json, read_text, scratch_dir, write_bytes, write_json, write_text)
+from storage.credentials import has_credentials, redact, refuse_credentials
 from storage.uri import (STORAGE_ENV, apply_env, basename, filesystem_for, is_uri, join, join_uri, local_path, parent,
                          scheme, storage_env)
 
 __all__ = [
     "InputError", "STORAGE_ENV", "apply_env", "basename", "check_readable", "check_writable", "credentials_found",
     "delete", "exists", "filesystem_for", "has_credentials", "is_dir", "is_file", "is_uri", "join", "join_uri",
-    "list_dir", "local_copy", "local_path", "open_output", "parent", "put_file", "read_bytes", "read_json",
+    "list_dir", "local_copy", "local_path", "open_input", "open_output", "parent", "put_file", "read_bytes", "read_json",
     "read_text", "redact", "refuse_credentials", "scheme", "scratch_dir", "storage_env", "write_bytes",
     "write_json", "write_text",
 ]

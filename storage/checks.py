@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from storage.errors import InputError
-from storage.redact import redact, refuse_credentials
+from storage.credentials import redact, refuse_credentials
 from storage.uri import filesystem_for, is_uri, join, scheme
 
 #: where the AWS SDK inside pyarrow finds credentials other than the key variables

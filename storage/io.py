@@ -25,6 +25,15 @@ from storage.uri import basename, filesystem_for, is_uri, local_path
 SPOOL_BYTES = 64 * 1024 * 1024
 #: chunk size for copies between local files and object stores
 COPY_CHUNK = 8 * 1024 * 1024
+#: read-ahead of sequential readers: unbuffered, pyarrow's S3 stream sends one ranged GET per
+#: ``read`` call, i.e. one per 512-byte tar header
+READ_BUFFER = 1024 * 1024
+
+
+def open_input(location: str | os.PathLike[str]) -> Any:
+    """A buffered sequential reader (pyarrow ``NativeFile``) for a local path or uri."""
+    fs, path = filesystem_for(location)
+    return fs.open_input_stream(path, buffer_size=READ_BUFFER)
 
 
 @contextlib.contextmanager
@@ -84,8 +93,7 @@ def put_file(local: str | os.PathLike[str], location: str | os.PathLike[str]) ->
 def read_bytes(location: str | os.PathLike[str]) -> bytes:
     if not is_uri(location):
         return local_path(location).read_bytes()
-    fs, path = filesystem_for(location)
-    with fs.open_input_stream(path) as f:
+    with open_input(location) as f:
         return f.read()
 
 
@@ -140,10 +148,9 @@ def local_copy(location: str | os.PathLike[str]) -> Iterator[Path]:
     if not is_uri(location):
         yield local_path(location)
         return
-    fs, path = filesystem_for(location)
     with tempfile.TemporaryDirectory(prefix="sslpipe-") as tmp:
         target = Path(tmp) / basename(location)
-        with fs.open_input_stream(path) as src, open(target, "wb") as dst:
+        with open_input(location) as src, open(target, "wb") as dst:
             shutil.copyfileobj(src, dst, COPY_CHUNK)
         yield target
 

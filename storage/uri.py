@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from storage.redact import refuse_credentials
+from storage.credentials import refuse_credentials
 
 #: environment variables that configure object storage; copied from the driver into Ray tasks
 STORAGE_ENV = (
