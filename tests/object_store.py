@@ -90,16 +90,18 @@ def stop_moto_s3(s3: MotoS3) -> None:
 
 @pytest.fixture()
 def moto_s3(monkeypatch, tmp_path_factory) -> Iterator[MotoS3]:
-    """The server, with this process's environment set to the allowed user's keys and endpoint, and
-    local copies (``SSLPIPE_SCRATCH``) and ``HOME`` pointed into the test's own temp folder."""
+    """The server, with this process's environment set to the allowed user's keys and endpoint, the AWS
+    credential and config files pointed at nothing (the machine user's ~/.aws stays out), and local copies
+    (``SSLPIPE_SCRATCH``) in the test's own temp folder."""
     pytest.importorskip("moto.server", reason="install moto[server] for the object-storage tests")
     s3 = start_moto_s3()
     for name, value in s3.env.items():
         monkeypatch.setenv(name, value)
     for name in ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION"):
         monkeypatch.delenv(name, raising=False)
-    home = tmp_path_factory.mktemp("home")
-    monkeypatch.setenv("HOME", str(home))  # no ~/.aws of the machine's user
+    home = tmp_path_factory.mktemp("aws")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(home / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(home / "no-config"))
     monkeypatch.setenv("SSLPIPE_SCRATCH", str(home / "scratch"))
     try:
         yield s3

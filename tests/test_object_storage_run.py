@@ -64,7 +64,7 @@ def test_run_in_a_bucket_survives_a_killed_driver_and_resumes_from_the_bucket(
     Ray's workers started before the test set the AWS variables: everything reaches the bucket anyway."""
     source, eval_source = _shards_in_bucket(tmp_path, mnist_digits)
     run_dir = f"s3://{BUCKET}/runs/cluster"
-    epochs = 10
+    epochs = 6
     args = [sys.executable, "-m", "pipelines.cli", "run", str(REPO / "configs" / "demo.yaml"),
             f"data.source={source}", f"data.eval_source={eval_source}", f"run_dir={run_dir}",
             "train.num_workers=1", f"train.epochs={epochs}", *SMALL_TRAINING,
