@@ -206,3 +206,15 @@ def test_in_process_training_checkpoints_to_a_bucket_and_resumes_from_it(
     backbone = load_backbone(config(3), second.checkpoint_path)  # loads straight from the bucket
     assert backbone is not None
     assert list(tmp_path.iterdir()) == []  # nothing local named after the uri
+
+
+def test_a_sweep_refuses_a_bucket_run_dir_instead_of_making_a_local_folder(tmp_path: Path, monkeypatch) -> None:
+    """Sweeps keep trial state on local disk: a bucket run_dir is one clear error, not a local ``s3:`` folder."""
+    from storage import InputError
+    from pipelines.sweep import load_search_space, run_sweep
+
+    monkeypatch.chdir(tmp_path)
+    spec = load_search_space(REPO / "configs" / "sweep_demo.yaml", [f"run_dir=s3://{BUCKET}/runs/sweep"])
+    with pytest.raises(InputError, match="run_dir must be a local path.*storage_path"):
+        run_sweep(spec.base, spec)
+    assert list(tmp_path.iterdir()) == []
