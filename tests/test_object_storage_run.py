@@ -115,6 +115,16 @@ def test_run_in_a_bucket_survives_a_killed_driver_and_resumes_from_the_bucket(
     assert "data:image/png;base64," in local.read_text()  # the plots came along (self-contained page)
     assert list(work.iterdir()) == []  # no local folder named "s3:" (or anything else) beside the driver
 
+    # the driver's keys reached Ray Train's controller and workers inside the filesystem object, never as text
+    secret = moto_s3.env["AWS_SECRET_ACCESS_KEY"]
+    from ray._private.worker import _global_node
+
+    texts = [out, (tmp_path / "first.log").read_text(), local.read_text()]
+    texts += [storage.read_bytes(f"s3://{o}").decode("latin-1") for o in objects]
+    logs = Path(_global_node.get_session_dir_path()) / "logs"
+    texts += [p.read_bytes().decode("latin-1") for p in logs.rglob("*") if p.is_file() and p.stat().st_size < 50_000_000]
+    assert not [t for t in texts if secret in t]
+
 
 def _bad_input_cases(s3: MotoS3) -> dict[str, tuple[dict[str, str | None], dict[str, str], str, tuple[str, ...]]]:
     """case -> (environment changes, config overrides, uri the message must name, words of the fix)."""
@@ -218,3 +228,74 @@ def test_a_sweep_refuses_a_bucket_run_dir_instead_of_making_a_local_folder(tmp_p
     with pytest.raises(InputError, match="run_dir must be a local path.*storage_path"):
         run_sweep(spec.base, spec)
     assert list(tmp_path.iterdir()) == []
+
+
+TWO_NODE_SCRIPT = r"""
+import json, os, shutil, signal, subprocess, sys, time
+from pathlib import Path
+import ray
+from ray.cluster_utils import Cluster
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+work, run_dir, source, eval_source = sys.argv[1:5]
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "object_store_memory": 200 * 1024**2})
+# the second node: its own mount namespace with an empty /tmp (the head's session, the test's files and the
+# driver's scratch are all under /tmp), and none of the driver's storage settings or keys
+node_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k != "SSLPIPE_SCRATCH"}
+ray_cli = str(Path(sys.executable).parent / "ray")
+second = subprocess.Popen(
+    ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+     f"mount -t tmpfs tmpfs /tmp && exec {ray_cli} start --address={cluster.address} --num-cpus=3 "
+     "--object-store-memory=209715200 --block"],
+    env=node_env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+try:
+    ray.init(address=cluster.address, logging_level="WARNING")
+    deadline = time.time() + 300
+    while sum(n["Alive"] for n in ray.nodes()) < 2 and time.time() < deadline and second.poll() is None:
+        time.sleep(0.5)  # polling for the node to register
+    head = ray.get_runtime_context().get_node_id()
+    other = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] != head]
+    probe = ray.remote(lambda p: (os.path.exists(p), os.environ.get("AWS_SECRET_ACCESS_KEY")))
+    sees = ray.get(probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(other[0], soft=False)).remote(work))
+
+    from pipelines.config import load_config
+    from pipelines.run import run_pipeline
+
+    cfg = load_config(sys.argv[5], [f"data.source={source}", f"data.eval_source={eval_source}", f"run_dir={run_dir}",
+                                    "train.num_workers=2", "train.cpus_per_worker=2", "train.threads_per_worker=1",
+                                    *json.loads(sys.argv[6])])
+    run_pipeline(cfg)
+    print(json.dumps({"nodes": sum(n["Alive"] for n in ray.nodes()), "second_sees_work": sees[0],
+                      "second_has_key": sees[1] is not None}))
+finally:
+    ray.shutdown()
+    os.killpg(second.pid, signal.SIGTERM)  # our own child's process group: the second node
+    second.wait(timeout=60)
+    cluster.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_two_nodes_that_share_only_loopback_and_the_bucket(moto_s3: MotoS3, mnist_digits, tmp_path: Path) -> None:  # noqa: F811
+    """Two Ray nodes on one host, the second in its own mount namespace (private /tmp, no AWS variables):
+    as separate machines would, they share nothing but loopback and the bucket. A full run with source and
+    run_dir in the bucket trains one DDP worker on each node and keeps everything in the bucket."""
+    if subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode != 0:
+        pytest.skip("unshare --mount is not permitted here (needs CAP_SYS_ADMIN)")
+    source, eval_source = _shards_in_bucket(tmp_path, mnist_digits, pool=256, held_out=100)
+    run_dir = f"s3://{BUCKET}/runs/two-nodes"
+    work = tmp_path / "cwd"
+    work.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-c", TWO_NODE_SCRIPT, str(tmp_path), run_dir, source, eval_source,
+         str(REPO / "configs" / "demo.yaml"), json.dumps(["train.epochs=2", *SMALL_TRAINING])],
+        cwd=work, capture_output=True, text=True, timeout=1200,
+        env={**os.environ, "PYTHONPATH": str(REPO), "RAY_TRAIN_V2_ENABLED": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    facts = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert facts == {"nodes": 2, "second_sees_work": False, "second_has_key": False}  # really apart
+    history = [json.loads(line) for line in storage.read_text(f"{run_dir}/metrics.jsonl").splitlines()]
+    assert history[-1]["nodes"] == 2 and history[-1]["epoch"] == 2  # one DDP worker on each node
+    for name in ("stages/evaluate.json", "checkpoint.pt", "report.html", "curated/manifest.parquet"):
+        assert storage.is_file(f"{run_dir}/{name}"), name
+    assert list(work.iterdir()) == []
