@@ -1,5 +1,5 @@
-"""Errors about the user's input, phrased to name the thing and the fix."""
+"""Re-export: ``InputError`` lives in ``storage.errors`` (the storage layer raises it too)."""
 
+from storage.errors import InputError
 
-class InputError(ValueError):
-    """Bad input location or format (missing path, empty folder, not a tar...)."""
+__all__ = ["InputError"]

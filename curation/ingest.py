@@ -11,18 +11,16 @@ Locations are local paths or pyarrow filesystem uris (``file://``, ``s3://``,
 globs. S3-compatible stores are configured the standard way, by environment:
 ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (e.g. MinIO or a local test
 server), ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` /
-``AWS_SESSION_TOKEN``, ``AWS_REGION`` / ``AWS_DEFAULT_REGION``. Those names are
-what the AWS SDK inside pyarrow reads for credentials; the endpoint we pass
-explicitly, since ``S3FileSystem()`` built by hand does not read it.
-Ray workers may have been started before the driver set them, so the read
-stages carry the driver's values to each task (``storage_env``).
+``AWS_SESSION_TOKEN``, ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` (``storage.uri``
+builds the filesystems). Ray workers may have been started before the driver
+set them, so the read stages carry the driver's values to each task
+(``storage_env``).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import json
-import os
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
@@ -32,7 +30,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from curation.errors import InputError
-from curation.redact import refuse_credentials
+# the storage layer owns uris and filesystems; these names stay importable from here for existing callers
+from storage.io import open_input as storage_open_input
+from storage.uri import STORAGE_ENV, apply_env as _apply_env, filesystem_for, join_uri, storage_env  # noqa: F401
 from curation.shards import INT64_MAX, INT64_MIN, expand_braces, iter_tar_samples, normalize_meta, sniff_image_ext
 from curation.decode import decode_to_array
 
@@ -52,64 +52,20 @@ IGNORED_REASONS = {
     "subfolder": "a folder inside a shard directory is not read; name it (or a glob) to read its shards",
     "hidden": "a hidden file or folder (name starts with '.')",
 }
-#: environment variables that configure object storage; copied from the driver into read tasks
-STORAGE_ENV = (
-    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-    "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "GOOGLE_APPLICATION_CREDENTIALS",
-)
-
-
-def storage_env() -> dict[str, str]:
-    """The storage settings of this process, to hand to Ray tasks that open the same uris."""
-    return {k: os.environ[k] for k in STORAGE_ENV if k in os.environ}
-
-
-def _apply_env(env: dict[str, str] | None) -> None:
-    if env:
-        os.environ.update(env)
-
-
-def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path inside it) for a local path or a uri.
-
-    For ``s3://`` with an endpoint in the environment we build the
-    S3FileSystem ourselves, so a MinIO/moto/Ceph endpoint given the standard
-    way works for every pyarrow call, not only ``FileSystem.from_uri``.
-    """
-    text = str(uri)
-    if "://" not in text:
-        return pafs.LocalFileSystem(), text
-    refuse_credentials(text)  # KEY:SECRET@ or ?secret_key= would travel into every message and record
-    if text.startswith("file://"):  # by hand: from_uri rejects glob characters such as '['
-        return pafs.LocalFileSystem(), text[len("file://"):]
-    if text.startswith("s3://"):
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        if endpoint:
-            region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-            return pafs.S3FileSystem(endpoint_override=endpoint, region=region), text[len("s3://"):]
-    return pafs.FileSystem.from_uri(text)
 
 
 def open_input(uri: str, raw: bool = False):
-    """Open a local path or any pyarrow filesystem uri (s3://, gs://, file://) for streaming reads.
+    """Open a local path or any pyarrow filesystem uri (s3://, gs://, file://) for buffered streaming reads.
 
     pyarrow decompresses a ``.gz``/``.bz2``/... name on the fly; ``raw=True`` gives the stored
     bytes instead (a tar scan that must know whether, and how, the file is compressed)."""
-    filesystem, path = filesystem_for(str(uri))
-    return filesystem.open_input_stream(path, compression=None) if raw else filesystem.open_input_stream(path)
+    return storage_open_input(str(uri), raw=raw)
 
 
 def open_input_file(uri: str):
     """Open for random access (``read_at``): range reads of one image, parquet footers."""
     filesystem, path = filesystem_for(str(uri))
     return filesystem.open_input_file(path)
-
-
-def join_uri(uri: str, path: str) -> str:
-    """Re-attach the scheme of ``uri`` to a filesystem-internal ``path`` (``filesystem_for`` strips it)."""
-    if "://" in uri:
-        return uri.split("://", 1)[0] + "://" + path
-    return path
 
 
 def _is_side_file(info: pafs.FileInfo) -> bool:

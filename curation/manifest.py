@@ -8,13 +8,14 @@ smaller data set.
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+import storage
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -55,14 +56,12 @@ def check_conservation(input_keys: Iterable[str], manifest: pa.Table) -> None:
         raise ConservationError("kept + removed != input")
 
 
-def write_table_atomic(table: pa.Table, path: str | Path) -> Path:
-    """Write parquet to a temp name then rename, so a killed job never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-    return path
+def write_table_atomic(table: pa.Table, path: str | Path) -> Path | str:
+    """Write parquet whole or not at all (``storage.open_output``: temp + rename locally, one upload to a
+    bucket), so a killed job never leaves half a file; ``path`` may be a uri."""
+    with storage.open_output(path) as f:
+        pq.write_table(table, f)
+    return str(path) if storage.is_uri(path) else Path(path)
 
 
 def reason_counts(manifest: pa.Table) -> dict[str, int]:

@@ -1,25 +1,26 @@
-"""Atomic file writes: temp file + rename, so a killed job never leaves a half file that looks whole."""
+"""Atomic file writes, kept for existing callers: the storage layer (``storage.write_*``) does the work,
+so the path may also be an object-store uri. New code should call ``storage`` directly."""
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
-
-def write_bytes_atomic(data: bytes, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path
+import storage
 
 
-def write_text_atomic(text: str, path: str | Path) -> Path:
-    return write_bytes_atomic(text.encode("utf-8"), path)
+def _as_given(location: str) -> Path | str:
+    """A local path back as ``Path`` (what these helpers always returned), a uri as ``str``."""
+    return location if storage.is_uri(location) else Path(location)
 
 
-def write_json_atomic(obj: Any, path: str | Path) -> Path:
-    return write_text_atomic(json.dumps(obj, indent=2, sort_keys=True, default=str), path)
+def write_bytes_atomic(data: bytes, path: str | Path) -> Path | str:
+    return _as_given(storage.write_bytes(path, data))
+
+
+def write_text_atomic(text: str, path: str | Path) -> Path | str:
+    return _as_given(storage.write_text(path, text))
+
+
+def write_json_atomic(obj: Any, path: str | Path) -> Path | str:
+    return _as_given(storage.write_json(path, obj))

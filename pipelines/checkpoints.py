@@ -14,18 +14,19 @@ from typing import Any
 import torch
 import torchvision
 
+import storage
 from curation.errors import InputError
 from pipelines.config import ConfigError, RunConfig, config_from_dict
 from pipelines.models import build_method_from_config
 
 
 def load_checkpoint(path: str | Path) -> tuple[RunConfig, dict[str, Any]]:
-    """(config, state) of an sslpipe checkpoint; a clear InputError for anything else."""
-    path = Path(path)
-    if not path.is_file():
+    """(config, state) of an sslpipe checkpoint, local or in object storage; a clear InputError for anything else."""
+    if not storage.is_file(path):
         raise InputError(f"checkpoint not found: {path} (pass the checkpoint.pt of a run directory)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with storage.local_copy(path) as local:
+            state = torch.load(local, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - pickled code, truncation, not a torch file
         raise InputError(f"{path} is not a loadable sslpipe checkpoint (weights-only load refused it: "
                          f"{str(exc).splitlines()[0][:160]})") from None

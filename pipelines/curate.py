@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,18 +25,19 @@ from curation.exact_dedup import exact_duplicates
 from curation.ingest import iter_samples, map_shards
 from curation.inspect import inspect_batch
 from curation.manifest import MANIFEST_SCHEMA, check_conservation, reason_counts, write_table_atomic
-from curation.shards import Sample, list_shards, write_shard
+from curation.shards import Sample, list_shards, write_tar_stream
 from curation.validate import ValidationRules
 from pipelines.atomic import write_json_atomic
 from pipelines.config import CurateConfig
+import storage
 
 log = logging.getLogger("sslpipe.curate")
 
 
 @dataclass
 class CurationResult:
-    manifest_path: Path
-    summary_path: Path
+    manifest_path: Path | str  # a uri when the output folder is in object storage
+    summary_path: Path | str
     shard_paths: list[str]
     summary: dict[str, Any]
 
@@ -114,14 +114,15 @@ def _keep_keys(batch: dict[str, np.ndarray], keys: frozenset[str]) -> dict[str, 
     return {c: v[mask] for c, v in batch.items()}
 
 
-def _embeddings(paths: list[str], keys: list[str], out_dir: Path, cfg: CurateConfig,
+def _embeddings(paths: list[str], keys: list[str], out_dir: str, cfg: CurateConfig,
                 factory: Callable[[], Any]) -> np.ndarray:
     """Embeddings of ``keys`` (in that order), from ``out_dir/embeddings.npy`` when it matches, else computed
     on a Ray Data actor pool and saved, so re-clustering with other parameters never re-embeds."""
-    cache, cache_keys = out_dir / "embeddings.npy", out_dir / "embedding_keys.json"
-    if cache.exists() and cache_keys.exists() and json.loads(cache_keys.read_text()) == keys:
+    cache, cache_keys = storage.join(out_dir, "embeddings.npy"), storage.join(out_dir, "embedding_keys.json")
+    if storage.is_file(cache) and storage.is_file(cache_keys) and storage.read_json(cache_keys) == keys:
         print(f"[curate] reusing {len(keys)} embeddings from {cache}", flush=True)
-        return np.load(cache)
+        with storage.local_copy(cache) as local:
+            return np.load(local)
     print(f"[curate] embedding {len(keys)} images ({cfg.embedder}, {cfg.embed_actors} actor(s))", flush=True)
     wanted = frozenset(keys)
     ds = map_shards(paths, _keep_keys, {"keys": wanted}, rows_per_batch=1024)
@@ -131,11 +132,9 @@ def _embeddings(paths: list[str], keys: list[str], out_dir: Path, cfg: CurateCon
     got_keys, emb = collect_embeddings(embed_dataset(ds, factory, cfg.embed_size, 3, cfg.embed_actors))
     position = {k: i for i, k in enumerate(got_keys)}  # a key repeated in a shard is embedded twice: keep one
     emb = emb[[position[k] for k in keys]]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "embeddings.tmp.npy"
-    np.save(tmp, emb)
-    os.replace(tmp, cache)
-    write_json_atomic(keys, cache_keys)
+    with storage.open_output(cache) as f:
+        np.save(f, emb)
+    storage.write_json(cache_keys, keys)
     return emb
 
 
@@ -148,7 +147,7 @@ def auto_levels(n: int) -> list[int]:
     return levels
 
 
-def semantic_stages(manifest: pa.Table, paths: list[str], out_dir: Path, cfg: CurateConfig,
+def semantic_stages(manifest: pa.Table, paths: list[str], out_dir: str, cfg: CurateConfig,
                     factory: Callable[[], Any], seed: int) -> tuple[pa.Table, dict[str, Any]]:
     """SemDeDup, then hierarchical k-means + balanced sampling, on the samples still kept."""
     from curation.balanced import balanced_sample
@@ -216,10 +215,12 @@ def class_histograms(manifest: pa.Table) -> dict[str, list[int]] | None:
             "after": np.bincount(labels[kept & (labels >= 0)], minlength=n).tolist()}
 
 
-def _write_curated_shard(source: str, out_path: str, kept_keys: list[str]) -> int:
-    """Copy the kept samples of one input shard into ``out_path`` (skipped if it exists)."""
-    out = Path(out_path)
-    if out.exists():
+def _write_curated_shard(source: str, out_path: str, kept_keys: list[str], env: dict[str, str] | None = None) -> int:
+    """Copy the kept samples of one input shard into ``out_path`` (local or uri; skipped if it exists).
+
+    ``env``: the driver's storage settings (a Ray worker may have started without them)."""
+    storage.apply_env(env)
+    if storage.is_file(out_path):
         return -1
     wanted = set(kept_keys)
     samples = []
@@ -228,7 +229,8 @@ def _write_curated_shard(source: str, out_path: str, kept_keys: list[str]) -> in
             wanted.discard(row["key"])  # a key repeated inside one shard is written once
             meta = json.loads(row["meta"]) if row["meta"] else {}
             samples.append(Sample(row["key"], row["image"], row["ext"] or "png", int(row["label"]), meta))
-    write_shard(samples, out)
+    with storage.open_output(out_path) as f:  # whole or not at all: an existing shard means "done"
+        write_tar_stream(samples, f)
     return len(samples)
 
 
@@ -242,12 +244,13 @@ def curate(
 ) -> CurationResult:
     """Run both passes; returns where the manifest, summary and curated shards are.
 
-    ``embedder_factory`` builds the embedding model on each actor (default: the weights-free
-    random conv net); it is used only when SemDeDup or balancing is on.
+    ``out_dir`` is a local folder or an object-store uri. ``embedder_factory`` builds the embedding
+    model on each actor (default: the weights-free random conv net); it is used only when SemDeDup
+    or balancing is on.
     """
     t0 = time.time()
     paths = shard_location if isinstance(shard_location, list) else list_shards(shard_location)
-    out_dir = Path(out_dir)
+    out_dir = str(out_dir)
     rules = ValidationRules(cfg.min_side, cfg.max_aspect, cfg.max_pixels, cfg.min_pixel_std)
     print(f"[curate] pass 1/2: decode, validate and hash {len(paths)} shard(s)", flush=True)
     meta = _collect_metadata(paths, rules, cfg.near_dedup_max_shift if cfg.near_dedup else 0)
@@ -259,7 +262,7 @@ def curate(
         manifest, stage_info = semantic_stages(manifest, paths, out_dir, cfg, embedder_factory or random_conv_embedder,
                                                seed)
     check_conservation(manifest.column("key").to_pylist(), manifest)
-    manifest_path = write_table_atomic(manifest, out_dir / "manifest.parquet")
+    manifest_path = write_table_atomic(manifest, storage.join(out_dir, "manifest.parquet"))
     t1 = time.time()
 
     print(f"[curate] pass 2/2: write kept samples of {len(paths)} shard(s)", flush=True)
@@ -269,12 +272,12 @@ def curate(
     ):
         if kept and source in kept_by_source:
             kept_by_source[source].append(key)
-    shard_dir = out_dir / "shards"
-    shard_dir.mkdir(parents=True, exist_ok=True)
+    shard_dir = storage.join(out_dir, "shards")
     write_task = ray.remote(num_cpus=1)(_write_curated_shard)
     # curated shards are tars whatever the input format (a parquet input shard becomes NAME.tar)
-    outputs = [str(shard_dir / (Path(p).stem + ".tar" if p.endswith(".parquet") else Path(p).name)) for p in paths]
-    refs = [write_task.remote(p, o, kept_by_source[p]) for p, o in zip(paths, outputs) if kept_by_source[p]]
+    outputs = [storage.join(shard_dir, Path(p).stem + ".tar" if p.endswith(".parquet") else Path(p).name) for p in paths]
+    env = storage.storage_env()
+    refs = [write_task.remote(p, o, kept_by_source[p], env) for p, o in zip(paths, outputs) if kept_by_source[p]]
     ray.get(refs)
     curated = [o for p, o in zip(paths, outputs) if kept_by_source[p]]
 
@@ -299,7 +302,7 @@ def curate(
 
         summary["class_histogram"] = hist
         summary["class_entropy"] = {"before": class_entropy(hist["before"]), "after": class_entropy(hist["after"])}
-    summary_path = write_json_atomic(summary, out_dir / "summary.json")
+    summary_path = write_json_atomic(summary, storage.join(out_dir, "summary.json"))
     print(f"[curate] kept {kept_n} of {manifest.num_rows}; removed: "
           + ", ".join(f"{k} {v}" for k, v in counts.items() if k != "ok"), flush=True)
     return CurationResult(manifest_path, summary_path, curated, summary)

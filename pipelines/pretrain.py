@@ -11,9 +11,7 @@ history travels inside the checkpoint.
 from __future__ import annotations
 
 import math
-import os
 from contextlib import nullcontext
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, ScalingConfig
 from ray.train import RunConfig as TrainRunConfig
 from ray.train.torch import TorchTrainer
 
+import storage
 from pipelines.allocator import allocator_in_use, resolve_allocator
 from pipelines.config import RunConfig, config_from_dict, config_to_dict
 from pipelines.console import say
@@ -44,7 +43,7 @@ CHECKPOINT_FILE = "state.pt"
 
 @dataclass
 class PretrainResult:
-    checkpoint_path: Path
+    checkpoint_path: Path | str  # a uri when the run directory is in object storage
     history: list[dict[str, Any]]
     seconds: float
 
@@ -69,24 +68,33 @@ def _load_local_shard(batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(images), torch.cat(labels)
 
 
-def _save_local_checkpoint(state: dict[str, Any], root: Path, epoch: int, keep: int = 2) -> Checkpoint:
-    """Write ``root/epoch_NNNNNN/state.pt`` atomically (temp dir + rename) and prune old ones."""
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"epoch_{epoch:06d}"
-    tmp = root / f".epoch_{epoch:06d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    torch.save(state, tmp / CHECKPOINT_FILE)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    for old in sorted(root.glob("epoch_*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return Checkpoint.from_directory(str(final))
+def _checkpoint_at(location: str) -> Checkpoint:
+    """A Ray ``Checkpoint`` for a folder that is local or in object storage (downloaded on ``as_directory``)."""
+    if not storage.is_uri(location):
+        return Checkpoint.from_directory(location)
+    fs, path = storage.filesystem_for(location)
+    return Checkpoint(path, filesystem=fs)
 
 
-def _latest_local_checkpoint(root: Path) -> Checkpoint | None:
-    found = sorted(p for p in root.glob("epoch_*") if (p / CHECKPOINT_FILE).exists()) if root.exists() else []
-    return Checkpoint.from_directory(str(found[-1])) if found else None
+def _save_local_checkpoint(state: dict[str, Any], root: str, epoch: int, keep: int = 2) -> Checkpoint:
+    """Write ``root/epoch_NNNNNN/state.pt`` whole or not at all (``storage.open_output``: temp + rename
+    locally, one upload to a bucket) and prune old ones; ``root`` is a local folder or a uri."""
+    final = storage.join(root, f"epoch_{epoch:06d}")
+    with storage.open_output(storage.join(final, CHECKPOINT_FILE)) as f:
+        torch.save(state, f)
+    done = [name for name in storage.list_dir(root) if name.startswith("epoch_")]
+    for old in done[:-keep]:
+        storage.delete(storage.join(root, old))
+    return _checkpoint_at(final)
+
+
+def _latest_local_checkpoint(root: str) -> Checkpoint | None:
+    """The newest ``epoch_*`` folder under ``root`` that holds a whole checkpoint file (a kill can leave
+    an empty folder behind, never a partial file)."""
+    for name in reversed(storage.list_dir(root)):
+        if name.startswith("epoch_") and storage.is_file(storage.join(root, name, CHECKPOINT_FILE)):
+            return _checkpoint_at(storage.join(root, name))
+    return None
 
 
 def _load_monitor_queries(limit: int) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -252,7 +260,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     opt = _build_optimizer(method, tc)
 
     start_epoch, step, history, resumes = 0, 0, [], 0
-    local_dir = Path(loop_config["local_checkpoint_dir"]) if loop_config.get("local_checkpoint_dir") else None
+    local_dir = loop_config.get("local_checkpoint_dir")  # a local folder or a uri
     ckpt = ray.train.get_checkpoint() or (_latest_local_checkpoint(local_dir) if local_dir else None)
     if ckpt is not None:
         with ckpt.as_directory() as d:
@@ -423,11 +431,17 @@ def pretrain(
     ``name`` is the Ray Train run name under ``run_dir`` (a sweep passes its trial id, so a re-run of the
     trial resumes); ``callbacks`` go to the Train RunConfig (a sweep passes Tune's TuneReportCallback).
 
-    Checkpoints go to ``run_dir/pretrain``; running again on the same run
-    directory resumes from the latest one. The final state is copied to
-    ``run_dir/checkpoint.pt``.
+    ``run_dir`` is a local folder or an object-store uri (``s3://bucket/runs/x``): Ray Train keeps its
+    checkpoints and state there (``storage_path``, with the filesystem ``storage`` builds, so a custom
+    endpoint and the driver's keys reach Train's controller and workers on any node). Checkpoints go
+    to ``run_dir/<name>``; running again on the same run directory resumes from the latest one. The
+    final state is copied to ``run_dir/checkpoint.pt``.
     """
-    run_dir = Path(run_dir).resolve()
+    run_dir = str(run_dir) if storage.is_uri(run_dir) else str(Path(run_dir).resolve())
+    if storage.is_uri(run_dir):
+        storage_filesystem, storage_path = storage.filesystem_for(run_dir)
+    else:
+        storage_filesystem, storage_path = None, run_dir
     t0 = time.time()
     tc = cfg.train
     worker_env: dict[str, str] = {}
@@ -442,7 +456,7 @@ def pretrain(
         train_loop_config={
             "config": config_to_dict(cfg),
             # ScalingConfig(num_workers=0) runs in this process and persists no checkpoints itself
-            "local_checkpoint_dir": str(run_dir / name / "local_checkpoints") if tc.num_workers == 0 else None,
+            "local_checkpoint_dir": storage.join(run_dir, name, "local_checkpoints") if tc.num_workers == 0 else None,
             # told, not probed: Ray's in-process mode asserts on a missing dataset shard
             "has_val": val_dataset is not None,
         },
@@ -451,7 +465,8 @@ def pretrain(
         ),
         run_config=TrainRunConfig(
             name=name,
-            storage_path=str(run_dir),
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
             callbacks=callbacks or [],
             failure_config=FailureConfig(max_failures=tc.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
@@ -471,13 +486,11 @@ def pretrain(
         raise InputError(str(refused)) from None
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
-    final = run_dir / "checkpoint.pt"
-    with result.checkpoint.as_directory() as d:
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.copyfile(Path(d) / CHECKPOINT_FILE, tmp)
-        os.replace(tmp, final)
-    state = torch.load(final, map_location="cpu", weights_only=True)
-    return PretrainResult(final, list(state["history"]), time.time() - t0)
+    final = storage.join(run_dir, "checkpoint.pt")
+    with result.checkpoint.as_directory() as d:  # a bucket checkpoint is downloaded to a temp folder
+        storage.put_file(Path(d) / CHECKPOINT_FILE, final)
+        state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    return PretrainResult(final if storage.is_uri(final) else Path(final), list(state["history"]), time.time() - t0)
 
 
 def load_backbone(cfg: RunConfig, checkpoint: str | Path) -> torch.nn.Module:

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from curation.ingest import iter_samples  # noqa: E402
-from pipelines.atomic import write_json_atomic, write_text_atomic  # noqa: E402
+import storage  # noqa: E402
 
 
 def _png_uri(fig: plt.Figure) -> str:
@@ -65,9 +65,17 @@ def knn_plot(knn: dict[str, float], protocol: str) -> str:
     return _png_uri(fig)
 
 
-def removed_grid(manifest_path: Path, per_reason: int = 8) -> str | None:
+def _read_manifest(location: str | Path, columns: list[str]) -> "pa.Table":
+    """Columns of a manifest that is local or in object storage."""
+    if not storage.is_uri(location):
+        return pq.read_table(location, columns=columns)
+    fs, path = storage.filesystem_for(location)
+    return pq.read_table(path, columns=columns, filesystem=fs)
+
+
+def removed_grid(manifest_path: str | Path, per_reason: int = 8) -> str | None:
     """A grid of removed samples, one row per reason, next to the sample each duplicates."""
-    table = pq.read_table(manifest_path, columns=["key", "source", "reason", "duplicate_of", "kept"])
+    table = _read_manifest(manifest_path, ["key", "source", "reason", "duplicate_of", "kept"])
     rows = [r for r in table.to_pylist() if not r["kept"] and r["reason"] != "duplicate_key"]
     by_reason: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
@@ -117,9 +125,9 @@ def removed_grid(manifest_path: Path, per_reason: int = 8) -> str | None:
     return _png_uri(fig)
 
 
-def planted_truth(manifest_path: Path) -> dict[str, dict[str, int]] | None:
+def planted_truth(manifest_path: str | Path) -> dict[str, dict[str, int]] | None:
     """For demo pools: per planted kind, how many were removed and why."""
-    table = pq.read_table(manifest_path, columns=["meta", "kept", "reason"])
+    table = _read_manifest(manifest_path, ["meta", "kept", "reason"])
     stats: dict[str, Counter] = defaultdict(Counter)
     for meta, kept, reason in zip(*(table.column(c).to_pylist() for c in ("meta", "kept", "reason"))):
         try:
@@ -214,8 +222,8 @@ def evaluation_sections(ev: dict[str, Any]) -> list[str]:
         rob = ev["robustness"]
         out.append(f"<h3>Robustness</h3><p>{html.escape(rob['protocol'])}; clean {rob['clean']:.4f}, mean drop "
                    f"{rob.get('mean_drop', 0):.4f}.</p><img src='{robustness_plot(rob)}'>")
-    if ev.get("embedding_plot") and Path(ev["embedding_plot"]).exists():
-        data = base64.b64encode(Path(ev["embedding_plot"]).read_bytes()).decode()
+    if ev.get("embedding_plot") and storage.is_file(ev["embedding_plot"]):
+        data = base64.b64encode(storage.read_bytes(ev["embedding_plot"])).decode()
         out.append(f"<h3>Embedding of the held-out set</h3><img src='data:image/png;base64,{data}'>")
     return out
 
@@ -286,16 +294,24 @@ th{background:#f3f3f3}.verdict{font-size:1.1em;padding:.6em;background:#eef5ee;b
 
 
 def build_report(run_dir: str | Path) -> Path:
-    """Write ``run_dir/report.html`` and ``run_dir/report.json`` from the run's stage records."""
-    run_dir = Path(run_dir)
-    stages_dir = run_dir / "stages"
-    if not stages_dir.is_dir():
+    """Write ``run_dir/report.html`` and ``run_dir/report.json`` from the run's stage records.
+
+    ``run_dir`` may be an object-store uri: the report is built from what is stored there, written
+    there, and also written to a local copy (``storage.scratch_dir``) to open in a browser; the
+    returned path is always that local, openable file.
+    """
+    remote = storage.is_uri(run_dir)
+    run_dir = str(run_dir) if remote else Path(run_dir)
+    stages_dir = storage.join(run_dir, "stages")
+    if not storage.is_dir(stages_dir):
         from curation.errors import InputError
 
         raise InputError(f"{run_dir} is not an sslpipe run directory (no stages/); run `sslpipe run CONFIG` first")
-    stages = {p.stem: json.loads(p.read_text()) for p in sorted(stages_dir.glob("*.json"))}
+    stages = {name[: -len(".json")]: storage.read_json(storage.join(stages_dir, name))
+              for name in storage.list_dir(stages_dir) if name.endswith(".json")}
     figures: dict[str, Any] = {"run_dir": str(run_dir), "stages": sorted(stages)}
-    parts = [f"<h1>sslpipe run report</h1><p>Run directory: <code>{html.escape(str(run_dir.resolve()))}</code></p>"]
+    shown = run_dir if remote else run_dir.resolve()
+    parts = [f"<h1>sslpipe run report</h1><p>Run directory: <code>{html.escape(str(shown))}</code></p>"]
 
     ev = stages.get("evaluate")
     if ev:
@@ -346,8 +362,9 @@ def build_report(run_dir: str | Path) -> Path:
         plot = before_after_plot(summary)
         if plot:
             parts.append(f"<img src='{plot}'>")
-        manifest = Path(cu["manifest"])
-        truth = planted_truth(manifest) if manifest.exists() else None
+        manifest = cu["manifest"]
+        found = storage.is_file(manifest)
+        truth = planted_truth(manifest) if found else None
         if truth:
             figures["planted_truth"] = truth
             parts.append(
@@ -360,15 +377,19 @@ def build_report(run_dir: str | Path) -> Path:
                     ["planted kind", "total", "kept", "removed", "removed as"],
                 )
             )
-        grid = removed_grid(manifest) if manifest.exists() else None
+        grid = removed_grid(manifest) if found else None
         if grid:
             parts.append(f"<img src='{grid}'>")
     timings = {name: round(float(s.get("seconds", 0.0)), 1) for name, s in stages.items() if "seconds" in s}
     figures["stage_seconds"] = timings
     parts.append("<h2>Stages</h2>" + _table([[k, v] for k, v in timings.items()], ["stage", "seconds"]))
-    cfg_path = run_dir / "config.yaml"
-    if cfg_path.exists():
-        parts.append(f"<h2>Resolved config</h2><pre>{html.escape(cfg_path.read_text())}</pre>")
+    cfg_path = storage.join(run_dir, "config.yaml")
+    if storage.is_file(cfg_path):
+        parts.append(f"<h2>Resolved config</h2><pre>{html.escape(storage.read_text(cfg_path))}</pre>")
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>sslpipe report</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
-    write_json_atomic(figures, run_dir / "report.json")
-    return write_text_atomic(page, run_dir / "report.html")
+    storage.write_json(storage.join(run_dir, "report.json"), figures)
+    storage.write_text(storage.join(run_dir, "report.html"), page)
+    local = storage.join(storage.scratch_dir(run_dir), "report.html")
+    if remote:
+        storage.write_text(local, page)
+    return Path(local)

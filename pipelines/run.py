@@ -4,6 +4,12 @@ Each finished stage writes ``stages/<name>.json`` (atomically) with what it
 produced; ``resume=True`` skips the stages that have a record and pretraining
 itself resumes from its latest checkpoint. A run directory that already holds
 finished stages is never silently overwritten.
+
+The run directory is a local folder or an object-store uri (``s3://bucket/runs/x``):
+everything the run keeps is written there through the storage layer, so a
+multi-node cluster (and a later ``--resume`` from another machine) sees it all.
+What must be local (plots before upload, a copy of the report to open) goes to
+``storage.scratch_dir(run_dir)``.
 """
 
 from __future__ import annotations
@@ -16,44 +22,77 @@ from typing import Any, Callable
 
 import yaml
 
-from curation.errors import InputError
-from pipelines.atomic import write_json_atomic, write_text_atomic
+import storage
 from pipelines.config import RunConfig, config_to_dict
 from pipelines.ray_runtime import ensure_ray
+from storage import InputError
 
 STAGES = ("pool", "curate", "pretrain", "evaluate", "report")
 
 
 class RunDir:
-    """The run directory and its stage records."""
+    """The run directory (local folder or object-store uri) and its stage records."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+    def __init__(self, location: str | Path) -> None:
+        self.location = str(location)
+
+    @property
+    def remote(self) -> bool:
+        return storage.is_uri(self.location)
+
+    @property
+    def path(self) -> Path | str:
+        """A local run directory as a ``Path`` (as callers always got it); a uri as ``str``."""
+        return self.location if self.remote else Path(self.location)
+
+    def join(self, *parts: str) -> str:
+        return storage.join(self.location, *parts)
 
     def record(self, stage: str) -> dict[str, Any] | None:
-        p = self.path / "stages" / f"{stage}.json"
-        return json.loads(p.read_text()) if p.exists() else None
+        p = self.join("stages", f"{stage}.json")
+        return storage.read_json(p) if storage.is_file(p) else None
 
     def save(self, stage: str, data: dict[str, Any]) -> None:
-        write_json_atomic(data, self.path / "stages" / f"{stage}.json")
+        storage.write_json(self.join("stages", f"{stage}.json"), data)
+
+    def has_stages(self) -> bool:
+        return any(name.endswith(".json") for name in storage.list_dir(self.join("stages")))
+
+
+def check_locations(cfg: RunConfig) -> None:
+    """Refuse bad locations before anything is written or any compute is spent: credentials inside a uri,
+    an object-store source that cannot be read or holds no shards, an object-store run_dir that cannot be
+    written. Each failure is one InputError line naming the uri (masked) and the fix."""
+    from pipelines.sources import list_uri_shards
+
+    for uri in (cfg.data.source, cfg.data.eval_source, cfg.run_dir):
+        if uri:  # before anything (config.yaml, stage records) could copy a secret to disk
+            storage.refuse_credentials(str(uri))
+    for setting, location in (("data.source", cfg.data.source), ("data.eval_source", cfg.data.eval_source)):
+        if location and storage.is_uri(location):
+            list_uri_shards(location, setting)
+    storage.check_writable(cfg.run_dir, "run_dir")
 
 
 def prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> RunDir:
     run = RunDir(cfg.run_dir)
-    has_stages = (run.path / "stages").is_dir() and any((run.path / "stages").glob("*.json"))
+    has_stages = run.has_stages()
     if has_stages and overwrite:
-        shutil.rmtree(run.path)
+        storage.delete(run.location)
+        if run.remote:  # the local copies that belonged to the old run
+            shutil.rmtree(storage.scratch_dir(run.location), ignore_errors=True)
     elif has_stages and not resume:
         raise InputError(
-            f"run directory {run.path} already holds a run; pass --resume to continue it, "
+            f"run directory {run.location} already holds a run; pass --resume to continue it, "
             f"--overwrite to start over, or run_dir=OTHER for a new one"
         )
-    run.path.mkdir(parents=True, exist_ok=True)
+    if not run.remote:
+        Path(run.location).mkdir(parents=True, exist_ok=True)
     resolved = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
-    old = run.path / "config.yaml"
-    if resume and old.exists() and old.read_text() != resolved:
+    old = run.join("config.yaml")
+    if resume and storage.is_file(old) and storage.read_text(old) != resolved:
         print(f"[run] note: config differs from the one in {old}; finished stages keep their old results", flush=True)
-    write_text_atomic(resolved, old)
+    storage.write_text(old, resolved)
     return run
 
 
@@ -70,38 +109,39 @@ def _stage(run: RunDir, name: str, resume: bool, fn: Callable[[], dict[str, Any]
     return data
 
 
-def _partial_report(run_dir: Path) -> Path:
+def _report(run: RunDir) -> str:
+    """Build the report; where it is, with the local copy to open when the run directory is a bucket."""
+    from pipelines.report import build_report
+
+    local = build_report(run.location)
+    return f"{run.join('report.html')} (local copy: {local})" if run.remote else str(local)
+
+
+def _partial_report(run: RunDir) -> Path | str:
     """A job stopped early (``sslpipe curate``, ``sslpipe pretrain``) still gets its report: the
     curation plots (class histogram, cluster sizes before/after, removed duplicates next to what
     they duplicate) are what a curation-only user looks at."""
-    from pipelines.report import build_report
-
-    print(f"[run] report: {build_report(run_dir)}", flush=True)
-    return run_dir
+    print(f"[run] report: {_report(run)}", flush=True)
+    return run.path
 
 
-def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, until: str = "report") -> Path:
-    """Run the chain up to and including ``until``; returns the run directory."""
+def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, until: str = "report") -> Path | str:
+    """Run the chain up to and including ``until``; returns the run directory (a ``Path``, or the uri)."""
     from pipelines.curate import curate
     from pipelines.evaluate import full_evaluation, load_labelled
     from pipelines.pretrain import load_backbone, pretrain
-    from pipelines.report import build_report
     from pipelines.sources import resolve_sources
     from curation.ingest import read_decoded
 
     if until not in STAGES:
         raise InputError(f"unknown stage {until!r}; choose one of {', '.join(STAGES)}")
-    from curation.redact import refuse_credentials
-
-    for uri in (cfg.data.source, cfg.data.eval_source, cfg.run_dir):
-        if uri:  # before anything (config.yaml, stage records) could copy a secret to disk
-            refuse_credentials(str(uri))
+    check_locations(cfg)
     t_run = time.time()
     run = prepare_run_dir(cfg, resume, overwrite)
     stop_after = STAGES.index(until)
 
     def pool() -> dict[str, Any]:
-        shards, eval_shards = resolve_sources(cfg, run.path / "pool")
+        shards, eval_shards = resolve_sources(cfg, run.join("pool"))
         return {"shards": shards, "eval_shards": eval_shards}
 
     pool_rec = _stage(run, "pool", resume, pool)  # before Ray starts: bad input fails fast
@@ -110,19 +150,19 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
     ensure_ray(cfg.ray)
 
     def do_curate() -> dict[str, Any]:
-        res = curate(pool_rec["shards"], run.path / "curated", cfg.curate)
+        res = curate(pool_rec["shards"], run.join("curated"), cfg.curate)
         return {"manifest": str(res.manifest_path), "shards": res.shard_paths, "summary": res.summary}
 
     cur_rec = _stage(run, "curate", resume, do_curate)
     if stop_after < 2:
-        return _partial_report(run.path)
+        return _partial_report(run)
 
     def do_pretrain() -> dict[str, Any]:
         ds = read_decoded(cur_rec["shards"], cfg.data.image_size, cfg.data.channels).select_columns(["image", "label"])
         val = read_decoded(pool_rec["eval_shards"], cfg.data.image_size, cfg.data.channels).select_columns(["image", "label"])
-        res = pretrain(cfg, ds, run.path, val_dataset=val)
+        res = pretrain(cfg, ds, run.location, val_dataset=val)
         hist = res.history
-        write_text_atomic("".join(json.dumps(h) + "\n" for h in hist), run.path / "metrics.jsonl")
+        storage.write_text(run.join("metrics.jsonl"), "".join(json.dumps(h) + "\n" for h in hist))
         desc = (
             f"{cfg.method.name} on {cfg.backbone.name}, {cfg.train.num_workers} Ray Train worker(s) "
             f"(DDP, gloo), global batch {cfg.train.batch_size}, {cfg.train.optimizer} lr {cfg.train.lr}, "
@@ -132,13 +172,16 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
 
     pt_rec = _stage(run, "pretrain", resume, do_pretrain)
     if stop_after < 3:
-        return _partial_report(run.path)
+        return _partial_report(run)
 
     def do_evaluate() -> dict[str, Any]:
         bank = load_labelled(cur_rec["shards"], cfg)
         test = load_labelled(pool_rec["eval_shards"], cfg)
         backbone = load_backbone(cfg, pt_rec["checkpoint"])
-        rep = full_evaluation(cfg, backbone, bank, test, run.path)
+        # plots are drawn into a local folder; a bucket run directory then keeps its own copy
+        rep = full_evaluation(cfg, backbone, bank, test, storage.scratch_dir(run.location) if run.remote else run.path)
+        if run.remote and rep.get("embedding_plot"):
+            rep["embedding_plot"] = storage.put_file(rep["embedding_plot"], run.join(Path(rep["embedding_plot"]).name))
         knn = rep["knn_top1"]
         print(
             f"[evaluate] {rep['protocol']}: raw pixels {knn['raw_pixels']:.3f}  random init {knn['random_init']:.3f}"
@@ -149,7 +192,7 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
 
     _stage(run, "evaluate", resume, do_evaluate)
     if stop_after < 4:
-        return _partial_report(run.path)
-    report = build_report(run.path)
+        return _partial_report(run)
+    report = _report(run)
     print(f"[run] done in {time.time() - t_run:.0f} s; report: {report}", flush=True)
     return run.path

@@ -13,6 +13,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
+import tempfile
 import socket
 import uuid
 from contextlib import contextmanager
@@ -27,6 +29,7 @@ from PIL import Image
 
 from curation.decode import open_image
 from curation.ingest import filesystem_for, open_input_file
+from storage.io import COPY_CHUNK, SPOOL_BYTES
 from curation.shards import Sample, open_decompressed, sniff_image_ext, write_parquet_stream, write_tar_stream
 
 SIDE_SCHEMA = pa.schema([("key", pa.string()), ("shard", pa.string()), ("offset", pa.int64()), ("size", pa.int64()),
@@ -40,8 +43,9 @@ REENCODE_QUALITY = 95
 def atomic_output(fs: pafs.FileSystem, path: str) -> Iterator[Any]:
     """A writable stream whose content appears under ``path`` only when complete.
 
-    Locally: a temp name unique to this writer, then rename. On object stores a single
-    PUT/multipart upload is already all-or-nothing, so we write the final key directly.
+    Locally: a temp name unique to this writer, then rename. On object stores the content is
+    spooled locally and uploaded in one go when the block ends cleanly: pyarrow's output stream
+    would complete a partial upload if an exception left the block (see storage/io.py).
     """
     if isinstance(fs, pafs.LocalFileSystem):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -54,8 +58,11 @@ def atomic_output(fs: pafs.FileSystem, path: str) -> Iterator[Any]:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     else:
-        with fs.open_output_stream(path) as f:
-            yield f
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
+            yield spool
+            spool.seek(0)
+            with fs.open_output_stream(path) as out:
+                shutil.copyfileobj(spool, out, COPY_CHUNK)
 
 
 def write_table(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:

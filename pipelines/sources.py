@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -29,10 +30,11 @@ import pyarrow.parquet as pq
 
 from curation.errors import InputError
 from curation.ingest import IGNORED_REASONS as SHARD_DIR_IGNORED_REASONS
-from curation.ingest import filesystem_for, join_uri, storage_env
+from curation.ingest import expand_uris, filesystem_for, join_uri, storage_env
 from curation.planting import encode_png, plant_pool
 from curation.redact import redact, refuse_credentials
 from curation.shards import Sample, list_shards, write_shard
+import storage
 from pipelines.config import RayConfig, RunConfig
 from pipelines.shard_listing import FOLDER_IGNORED_REASONS
 from pipelines.shard_plan import SourcePlan, fingerprint, plan_source
@@ -290,21 +292,65 @@ def shard_source(src: str, dest: str, shard_size: int, fmt: str = "webdataset", 
                        index.num_rows, by_reason, ignored_by_reason, labelled, resized, plan.classes)
 
 
-def resolve_location(location: str, dest: Path, cfg: RunConfig) -> list[str]:
-    """Shards for a location: a shard directory, glob or tar as they are; an image folder is sharded into ``dest``."""
+def list_uri_shards(location: str, setting: str = "data.source") -> list[str]:
+    """The shards under an object-store location, after checking it can be read at all.
+
+    One InputError line, naming the uri (credentials masked) and the fix, when the bucket
+    is missing or refused, or when the prefix holds no .tar/.parquet shards (object-store
+    sources are read as shards, which ``sslpipe shard IMAGE_FOLDER URI`` writes there).
+    """
+    storage.check_readable(location, setting)
+    try:
+        return expand_uris(location)
+    except InputError as exc:
+        if any(ch in location for ch in "*?[{"):  # a pattern: expand_uris names the part that matched nothing
+            raise InputError(f"{setting}: {exc}") from None
+        names = storage.list_dir(location)
+        held = (f"it holds {len(names)} other entr{'y' if len(names) == 1 else 'ies'} (e.g. {', '.join(names[:3])})"
+                if names else "nothing is stored under that prefix")
+        raise InputError(f"{setting}={redact(location)} has no .tar/.parquet shards: {held}; write shards there "
+                         f"with `sslpipe shard IMAGE_FOLDER {redact(location)}`, or point {setting} at the prefix "
+                         "that holds them") from None
+
+
+def resolve_location(location: str, dest: str | Path, cfg: RunConfig) -> list[str]:
+    """Shards for a location: a shard directory, glob, tar or object-store prefix as they are; an image
+    folder is sharded into ``dest`` (a local folder or a uri)."""
     refuse_credentials(location)
-    path = Path(os.path.expandvars(location)).expanduser()
-    if "$" in str(path):
+    expanded = os.path.expandvars(location)
+    if "$" in expanded:
         raise InputError(f"{location!r} names an environment variable that is not set (e.g. export SSLPIPE_CIFAR10=...)")
+    if storage.is_uri(expanded):
+        return list_uri_shards(expanded)
+    path = Path(expanded).expanduser()
     if cfg.data.format == "webdataset" or (path.is_dir() and any(path.glob("*.tar"))) or path.suffix == ".tar":
         return list_shards(path)
     return shard_folder(path, dest, cfg.data.shard_size, cfg.data.limit)
 
 
-def resolve_sources(cfg: RunConfig, pool_dir: Path) -> tuple[list[str], list[str]]:
-    """(pool shards, eval shards) for the configured source."""
+def _demo_pool_in(cfg: RunConfig, pool_dir: str) -> tuple[list[str], list[str]]:
+    """The demo pool under an object-store run directory: built in a local scratch folder, uploaded
+    (a shard already there is kept: written whole or not at all), then the local copy removed."""
+    local = storage.scratch_dir(pool_dir)
+    try:
+        built = build_demo_pool(cfg, local)
+        uploaded: list[list[str]] = []
+        for paths in built:
+            targets = [storage.join(pool_dir, *Path(p).relative_to(local).parts) for p in paths]
+            for path, target in zip(paths, targets):
+                if not storage.is_file(target):
+                    storage.put_file(path, target)
+            uploaded.append(targets)
+        return uploaded[0], uploaded[1]
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+
+
+def resolve_sources(cfg: RunConfig, pool_dir: str | Path) -> tuple[list[str], list[str]]:
+    """(pool shards, eval shards) for the configured source; ``pool_dir`` (local or uri) receives what is written."""
     if cfg.data.source == DEMO_SOURCE:
-        return build_demo_pool(cfg, pool_dir)
+        return _demo_pool_in(cfg, str(pool_dir)) if storage.is_uri(pool_dir) else build_demo_pool(cfg, Path(pool_dir))
     if cfg.data.eval_source is None:
         raise InputError("data.eval_source is not set: name a labelled held-out folder or shards for evaluation")
-    return resolve_location(cfg.data.source, pool_dir / "shards", cfg), resolve_location(cfg.data.eval_source, pool_dir / "eval", cfg)
+    return (resolve_location(cfg.data.source, storage.join(pool_dir, "shards"), cfg),
+            resolve_location(cfg.data.eval_source, storage.join(pool_dir, "eval"), cfg))

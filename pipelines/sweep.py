@@ -283,7 +283,15 @@ def _is_uri(path: str) -> bool:
 
 
 def sweep_dir(cfg: RunConfig, spec: SweepSpec) -> Path:
-    """Local folder for trial checkpoints and results: RUN_DIR/sweeps/NAME (absolute: trials chdir)."""
+    """Local folder for trial checkpoints and results: RUN_DIR/sweeps/NAME (absolute: trials chdir).
+
+    Trials append their start log and keep checkpoints on local disk, so a bucket run_dir is refused
+    here (it would silently become a local folder named ``s3:``); Tune's own state may still go to a
+    bucket through the sweep file's ``storage_path``."""
+    if _is_uri(cfg.run_dir):
+        raise InputError(f"sweeps keep their trials on local disk, so run_dir must be a local path, not "
+                         f"{cfg.run_dir}; use a local run_dir and set storage_path: s3://... in the sweep file to "
+                         "keep Tune's experiment in the bucket")
     return (Path(cfg.run_dir) / "sweeps" / spec.name).resolve()
 
 
