@@ -86,8 +86,9 @@ def test_a_pickled_filesystem_works_where_the_environment_has_no_keys(moto_s3) -
     environment, it must still reach the bucket in a process (another node) that has none of it."""
     storage.write_text(f"s3://{BUCKET}/probe/hello.txt", "hello")
     fs, path = storage.filesystem_for(f"s3://{BUCKET}/probe/hello.txt")
-    code = ("import pickle, sys; fs = pickle.loads(sys.stdin.buffer.read()); "
-            f"print(fs.open_input_stream({path!r}).read().decode())")
+    # finalize_s3: pyarrow's AWS SDK can crash a process that exits with it still initialised
+    code = ("import pickle, sys, pyarrow.fs; fs = pickle.loads(sys.stdin.buffer.read()); "
+            f"print(fs.open_input_stream({path!r}).read().decode(), flush=True); del fs; pyarrow.fs.finalize_s3()")
     bare = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     out = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(fs), env=bare, capture_output=True,
                          check=True).stdout
