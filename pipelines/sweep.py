@@ -584,8 +584,11 @@ def _make_tuner(cfg: RunConfig, spec: SweepSpec, train_ds: Any, val_ds: Any, res
     from ray import tune
 
     sdir = sweep_dir(cfg, spec)
+    base = config_to_dict(cfg)
+    if cfg.train.tracking == "mlflow" and not cfg.train.tracking_uri:  # one MLflow store: trials side by side
+        base["train"]["tracking_uri"] = (sdir / "mlruns").as_uri()
     trainable = tune.with_parameters(
-        sweep_trial, base=config_to_dict(cfg), trials_dir=str(sdir / "trials"), train_ds=train_ds, val_ds=val_ds,
+        sweep_trial, base=base, trials_dir=str(sdir / "trials"), train_ds=train_ds, val_ds=val_ds,
         with_checkpoints=spec.scheduler.name == "pbt",
     )
     # in-process trials reserve their CPU in Tune; DDP trials' workers ask Train for theirs
