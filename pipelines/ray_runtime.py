@@ -38,6 +38,7 @@ from typing import Any
 import ray
 
 from pipelines.config import RayConfig
+from pipelines.console import ray_init_options, route_ray_output
 
 #: Ray system settings for a Ray we start: reap pooled workers idle for 10 s (Ray's default
 #: keeps one per logical CPU for ever; a pipeline stage restarts a worker in about a second)
@@ -105,9 +106,10 @@ def ensure_ray(cfg: RayConfig) -> None:
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    console = ray_init_options()  # the CLI's quiet console: Ray's logs to the run log, not the terminal
     if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-        return
-    init_local_ray(cfg)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True
+        ray.init(**{"address": address, "logging_level": logging.WARNING, **console})
+    else:
+        init_local_ray(cfg, **console)
+        ray.data.DataContext.get_current().enable_progress_bars = True
+    route_ray_output()

@@ -19,6 +19,7 @@ import yaml
 from curation.errors import InputError
 from pipelines.atomic import write_json_atomic, write_text_atomic
 from pipelines.config import RunConfig, config_to_dict
+from pipelines.console import attach_run_log
 from pipelines.ray_runtime import ensure_ray
 
 STAGES = ("pool", "curate", "pretrain", "evaluate", "report")
@@ -98,6 +99,7 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
             refuse_credentials(str(uri))
     t_run = time.time()
     run = prepare_run_dir(cfg, resume, overwrite)
+    attach_run_log(run.path)  # the CLI's quiet console: Ray's and the libraries' logs go to RUN_DIR/run.log
     stop_after = STAGES.index(until)
 
     def pool() -> dict[str, Any]:

@@ -843,6 +843,9 @@ def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else start a local Ray)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials are kept")
     p.add_argument("--overwrite", action="store_true", help="delete this sweep's results and start over")
+    from pipelines.console import add_verbose_option
+
+    add_verbose_option(p)
     return p
 
 
@@ -858,15 +861,10 @@ def run_sweep_cli(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pipelines.sweep ...``, the same as ``sslpipe sweep ...``."""
-    parser = argparse.ArgumentParser(prog="sslpipe")
-    add_sweep_parser(parser.add_subparsers(dest="verb", required=True))
-    args = parser.parse_args(["sweep", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return run_sweep_cli(args)
-    except (ConfigError, InputError) as exc:
-        print(f"sslpipe: error: {exc}", file=sys.stderr)
-        return 2
+    """``python -m pipelines.sweep ...``, the same as ``sslpipe sweep ...`` (same console, same errors)."""
+    from pipelines.cli import main as cli_main
+
+    return cli_main(["sweep", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
