@@ -329,26 +329,41 @@ class _WorkerTagHandler(logging.Handler):
 
 #: at most this many lines of a failure's message on the terminal (a worker's error snippet fits)
 MAX_FAILURE_LINES = 40
+#: the line of a traceback that names the error: "ValueError: ...", "ray.exceptions.RayTaskError(...): ..."
+ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b[^:]*:")
+OUR_CODE = tuple(f"{os.sep}{package}{os.sep}" for package in ("pipelines", "curation", "ssl_models"))
+
+
+def _cause(exc: BaseException, text: str) -> str:
+    """The one line that says what went wrong: the last error line of a worker's traceback inside the
+    message (Ray Train and Ray Data failures carry one), else the exception itself and where our code
+    raised it."""
+    errors = [line.strip() for line in text.splitlines() if ERROR_LINE.match(line.strip())]
+    if "Traceback (most recent call last)" in text and errors:
+        return errors[-1]
+    ours = [f for f in traceback.extract_tb(exc.__traceback__) if any(part in f.filename for part in OUR_CODE)]
+    where = f" (at {Path(ours[-1].filename).name}:{ours[-1].lineno} in {ours[-1].name})" if ours else ""
+    return f"{type(exc).__name__}{where}: {text.splitlines()[0] if text else ''}"
 
 
 def report_failure(exc: BaseException) -> None:
     """A run that failed: its cause on the terminal, the full traceback in the run log (quiet mode).
 
-    The cause is the exception's own text, which for a Ray Train failure holds the failing worker's
-    error snippet (its traceback's last frames and the error line), plus where in our code it was raised.
+    The first line names the error; for a Ray failure the message follows, which holds the failing
+    worker's error snippet (its traceback's last frames), so the cause is on the terminal, not only in a file.
     """
     full = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     logging.getLogger("sslpipe").error("the run failed:\n%s", full, extra={"log_only": True})
-    frames = traceback.extract_tb(exc.__traceback__)
-    where = f" (raised at {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
     text = str(exc).strip() or repr(exc)
     lines = text.splitlines()
     if len(lines) > MAX_FAILURE_LINES:
         lines = lines[:MAX_FAILURE_LINES] + [f"... ({len(lines) - MAX_FAILURE_LINES} more lines in the log)"]
     err = sys.stderr
-    err.write(f"sslpipe: error: {type(exc).__name__}{where}: " + "\n".join(lines) + "\n")
-    if log_path() is not None:
-        err.write(f"sslpipe: the full traceback is in {log_path()} (--verbose prints it here)\n")
-    else:
+    err.write(f"sslpipe: error: {_cause(exc, text)}\n")
+    if log_path() is None:  # failed before the run directory existed: no log to point to
         err.write(full)
+    else:
+        if len(lines) > 1:
+            err.write("".join(f"  {line}\n" for line in lines))
+        err.write(f"sslpipe: the full traceback is in {log_path()} (--verbose prints it here)\n")
     err.flush()

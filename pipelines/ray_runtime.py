@@ -25,6 +25,10 @@ Ray's CPU share a little; the throughput it wins back (-0.5 to +3.3 % in three
 runs of ``bench/ray_tax.py``) is inside that bench's noise. It also keeps a
 local job from preempting the user's interactive programs. ``ray.local_scheduling:
 normal`` turns it off.
+
+Under the CLI's quiet console (``pipelines/console.py``), Ray starts with a worker setup hook that tags
+sslpipe's warnings in workers, logs its own INFO lines to the run log, and the driver's printing of
+forwarded worker output is replaced by a router (sslpipe's lines to the terminal, the rest to the log).
 """
 
 from __future__ import annotations
