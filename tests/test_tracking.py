@@ -138,7 +138,8 @@ def test_tracking_none_writes_metrics_but_no_event_files(digits, tmp_path: Path)
     assert not (tmp_path / TENSORBOARD_DIR).exists()
 
 
-def test_mlflow_file_store_gets_the_params_and_every_epoch_once_across_a_resume(digits, heldout, tmp_path: Path) -> None:
+def test_mlflow_file_store_gets_the_params_and_every_epoch_once_across_a_resume(digits, heldout, tmp_path: Path,
+                                                                                monkeypatch) -> None:
     pytest.importorskip("mlflow", reason="MLflow client not installed (pip install mlflow-skinny)")
     from mlflow.tracking import MlflowClient
 
@@ -147,6 +148,7 @@ def test_mlflow_file_store_gets_the_params_and_every_epoch_once_across_a_resume(
     second = pretrain(small_config(tmp_path, 3, 0, *tracking), digits, tmp_path, val_dataset=heldout)
     assert second.history[:2] == first.history
 
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # for this reader too (MLflow 3 refuses file stores)
     client = MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
     experiment = client.get_experiment_by_name("watch")
     runs = client.search_runs([experiment.experiment_id])
@@ -160,7 +162,7 @@ def test_mlflow_file_store_gets_the_params_and_every_epoch_once_across_a_resume(
 
 
 def test_tracking_settings_are_checked_at_load(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="train.tracking'"):
+    with pytest.raises(ConfigError, match="train.tracking': got 'wandb', must be one of 'tensorboard', 'mlflow', 'none'"):
         small_config(tmp_path, 1, 0, "train.tracking=wandb")
     with pytest.raises(ConfigError, match="train.tracking_uri.*train.tracking=mlflow"):
         small_config(tmp_path, 1, 0, "train.tracking_uri=http://127.0.0.1:5000")
