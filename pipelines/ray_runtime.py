@@ -114,6 +114,6 @@ def ensure_ray(cfg: RayConfig) -> None:
     if address:
         ray.init(**{"address": address, "logging_level": logging.WARNING, **console})
     else:
-        init_local_ray(cfg, **console)
+        init_local_ray(cfg, address="local", **console)  # never a `ray start` cluster found on this host
         ray.data.DataContext.get_current().enable_progress_bars = True
     route_ray_output()
