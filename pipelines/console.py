@@ -179,7 +179,6 @@ class _Console:
         self.quiet = False
         self.log = _RunLog()
         self.routed = False
-        self.ray_printer: Any = None
 
 
 _console = _Console()
@@ -253,33 +252,39 @@ def route_ray_output() -> None:
     except ImportError:  # a Ray without this hook: its own printing stays
         logging.getLogger("sslpipe.console").info("Ray's worker log dispatcher not found; worker output unfiltered")
         return
-    _console.ray_printer = ray_worker.print_to_stdstream
+    terminal = sys.stdout._stream if isinstance(sys.stdout, _TeeStdout) else sys.stdout  # the router logs itself
+    router = WorkerOutputRouter(_console.log, terminal, ray_worker.print_to_stdstream)
     dispatcher.remove_handler("ray_print_logs")
-    dispatcher.add_handler("ray_print_logs", route_worker_output)  # same name: ray.shutdown removes it
+    dispatcher.add_handler("ray_print_logs", router)  # same name: ray.shutdown removes it
     _console.routed = True
 
 
-def route_worker_output(data: dict[str, Any]) -> None:
-    """One batch of forwarded worker lines: all to the run log; sslpipe's lines to the terminal."""
-    pid = data.get("pid")
-    if pid in ("raylet", "autoscaler"):  # Ray's notices about the cluster itself (OOM kills, nodes)
-        if _console.ray_printer is not None:
-            _console.ray_printer(data, ignore_prefix=False)
-        return
-    source = data.get("actor_name") or data.get("task_name") or ""
-    ip = data.get("ip")
-    where = f"({source + ' ' if source else ''}pid={pid}{'' if ip == data.get('localhost') else f', ip={ip}'})"
-    shown = []
-    for line in data.get("lines", []):
-        if "__ray_tqdm_magic_token__" in line or not line.strip():  # a worker's progress bar: not drawn
-            continue
-        _console.log.write(f"{where} {line}")
-        if OWN_LINE.match(line):
-            shown.append(line)
-    if shown:
-        out = sys.stdout._stream if isinstance(sys.stdout, _TeeStdout) else sys.stdout  # logged above already
-        out.write("".join(line + "\n" for line in shown))
-        out.flush()
+class WorkerOutputRouter:
+    """Ray's driver hands each batch of forwarded worker lines to this: all of them to the run log,
+    sslpipe's own lines to the terminal, workers' progress bars nowhere. Batches of the raylet and the
+    autoscaler (a task killed for memory, a node added) go to Ray's own printer, as before."""
+
+    def __init__(self, log: _RunLog, terminal: TextIO, ray_printer: Any) -> None:
+        self.log, self.terminal, self.ray_printer = log, terminal, ray_printer
+
+    def __call__(self, data: dict[str, Any]) -> None:
+        pid = data.get("pid")
+        if pid in ("raylet", "autoscaler"):
+            self.ray_printer(data, ignore_prefix=False)
+            return
+        source = data.get("actor_name") or data.get("task_name") or ""
+        ip = data.get("ip")
+        where = f"({source + ' ' if source else ''}pid={pid}{'' if ip == data.get('localhost') else f', ip={ip}'})"
+        shown = []
+        for line in data.get("lines", []):
+            if "__ray_tqdm_magic_token__" in line or not line.strip():  # a worker's progress bar: not drawn
+                continue
+            self.log.write(f"{where} {line}")
+            if OWN_LINE.match(line):
+                shown.append(line)
+        if shown:
+            self.terminal.write("".join(line + "\n" for line in shown))
+            self.terminal.flush()
 
 
 def attach_run_log(run_dir: str | Path, name: str = LOG_NAME) -> Optional[Path]:
@@ -312,6 +317,8 @@ def setup_worker_logging() -> None:
 
 
 class _WorkerTagHandler(logging.Handler):
+    """sslpipe's records in a worker: WARNING and up as ``[warning]``/``[error]`` lines, others bare."""
+
     def __init__(self) -> None:
         super().__init__(logging.INFO)
 

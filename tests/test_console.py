@@ -7,6 +7,7 @@ then, fixed and resumed, it trains two epochs."""
 from __future__ import annotations
 
 import errno
+import logging
 import fcntl
 import os
 import re
@@ -112,3 +113,47 @@ def test_verbose_brings_ray_output_back(tmp_path: Path) -> None:
     assert code == 0, screen
     assert "Execution plan of Dataset" in screen and "[curate] kept " in screen
     assert "Ray's and the libraries' logs" not in screen and not (run_dir / "run.log").exists()
+
+
+# --------------------------------------------------------------------------- the pieces, without a terminal
+
+
+def test_worker_output_goes_to_the_log_and_only_sslpipe_lines_to_the_terminal(tmp_path: Path) -> None:
+    """A batch as Ray's driver receives it from a Ray Train worker (lines as they came in the demo)."""
+    import io
+
+    from pipelines.console import WorkerOutputRouter, _RunLog
+
+    log, terminal, ray_printed = _RunLog(), io.StringIO(), []
+    log.open(tmp_path / "run.log")
+    router = WorkerOutputRouter(log, terminal, lambda data, ignore_prefix: ray_printed.append(data))
+    lines = ["Loading faiss with AVX2 support.",
+             "Reporting training result 1: TrainingReport(checkpoint=None, metrics={'epoch': 1}) from rank 1",
+             "[pretrain] epoch 1  step 15/45  loss 4.8536  lr 2.00e-03  706 img/s  knn 0.831  elapsed 6s  eta 11s",
+             '{"__ray_tqdm_magic_token__": true, "x": 1, "pos": 0, "desc": "Running Dataset val"}',
+             "[warning] method.name=mae masks image patches, which needs a ViT", "", "[dataset]: A new progress UI"]
+    router({"pid": 15108, "actor_name": "RayTrainWorker", "ip": "10.0.0.2", "localhost": "10.0.0.2", "lines": lines,
+            "is_err": False})
+    router({"pid": "raylet", "ip": "10.0.0.2", "lines": ["A worker died: killed for memory"], "is_err": True})
+
+    assert terminal.getvalue().splitlines() == [lines[2], lines[4]]
+    text = (tmp_path / "run.log").read_text()
+    for line in (lines[0], lines[1], lines[2], lines[4], lines[6]):
+        assert f"(RayTrainWorker pid=15108) {line}\n" in text
+    assert "__ray_tqdm_magic_token__" not in text
+    assert [d["lines"] for d in ray_printed] == [["A worker died: killed for memory"]]  # Ray prints its notices
+
+
+def test_sslpipe_warnings_in_a_worker_become_tagged_lines(capsys) -> None:
+    from pipelines.console import _WorkerTagHandler
+
+    logger = logging.getLogger("pipelines.models")
+    handler = _WorkerTagHandler()
+    logger.addHandler(handler)
+    try:
+        logger.warning("method.name=%s masks image patches", "mae")
+        logger.error("no labelled images")
+    finally:
+        logger.removeHandler(handler)
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["[warning] method.name=mae masks image patches", "[error] no labelled images"]
