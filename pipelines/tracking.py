@@ -86,21 +86,35 @@ class Backend(Protocol):
 
 
 class TensorBoardBackend:
-    """Event files in ``logdir``, flushed every epoch so TensorBoard sees an epoch when it ends."""
+    """Event files in ``logdir``, written and flushed synchronously at each epoch.
+
+    tensorboardX's ``SummaryWriter`` queues events for a background thread that writes them out every
+    ``flush_secs`` (its ``flush`` does not wait for that queue), so an epoch could stay invisible for two
+    minutes, and a trial that ASHA stops (its process killed) lost its last epochs. tensorboardX's own
+    ``EventsWriter`` writes each event to the file in this thread.
+    """
 
     def __init__(self, logdir: str, resumed_step: int) -> None:
-        from tensorboardX import SummaryWriter
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto.event_pb2 import Event, SessionLog
 
-        # purge_step: TensorBoard drops the earlier run's events from this step on (it died after its checkpoint)
-        self.writer = SummaryWriter(logdir, purge_step=resumed_step + 1 if resumed_step else None)
+        os.makedirs(logdir, exist_ok=True)
+        self.events = EventsWriter(os.path.join(logdir, "events"))
+        if resumed_step:  # TensorBoard drops the earlier run's events from this step on (it died after its checkpoint)
+            self.events.write_event(Event(wall_time=time.time(), step=resumed_step + 1,
+                                          session_log=SessionLog(status=SessionLog.START)))
+        self.events.flush()
 
     def log(self, values: dict[str, float], step: int) -> None:
-        for name, value in values.items():
-            self.writer.add_scalar(name, value, step)
-        self.writer.flush()
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.proto.summary_pb2 import Summary
+
+        summary = Summary(value=[Summary.Value(tag=name, simple_value=value) for name, value in values.items()])
+        self.events.write_event(Event(wall_time=time.time(), step=step, summary=summary))
+        self.events.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        self.events.close()
 
 
 class MLflowBackend:

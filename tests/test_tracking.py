@@ -89,7 +89,9 @@ class MetricsFileWatcher(UserCallback):
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         path = self.run_dir / METRICS_FILE
         lines = path.read_text().splitlines() if path.exists() else []
-        note = {"reported": metrics[0]["epoch"], "epochs_in_file": [json.loads(line)["epoch"] for line in lines]}
+        tb = self.run_dir / TENSORBOARD_DIR
+        note = {"reported": metrics[0]["epoch"], "epochs_in_file": [json.loads(line)["epoch"] for line in lines],
+                "tensorboard_steps": sorted(scalar_curves(tb).get("loss", {})) if tb.exists() else []}
         with self.notes.open("a") as f:
             f.write(json.dumps(note) + "\n")
 
@@ -108,6 +110,7 @@ def test_metrics_jsonl_grows_by_one_line_per_epoch_while_ray_train_runs(digits, 
     for s in seen:
         k, in_file = s["reported"], s["epochs_in_file"]
         assert in_file == list(range(1, len(in_file) + 1)) and k <= len(in_file) <= min(k + 2, epochs), s
+        assert len(s["tensorboard_steps"]) >= k, s  # the event file has epoch k on disk too, not in a queue
     assert len(seen[0]["epochs_in_file"]) < epochs, "metrics.jsonl was complete before training could have ended"
     assert read_metrics(run_dir) == result.history
     # TensorBoard's event files hold the same scalars, against the optimizer step
