@@ -13,8 +13,10 @@ from pathlib import Path
 from curation.errors import InputError
 from curation.redact import redact, refuse_credentials
 from pipelines.config import ConfigError, load_config
+from pipelines.console import add_verbose_option, attach_run_log, is_quiet, quiet_console, report_failure
 
 EXIT_USER_ERROR = 2
+EXIT_FAILURE = 1
 #: a user error is one line of at most this many characters (a hostile config can make huge messages)
 MAX_MESSAGE = 2000
 
@@ -32,6 +34,7 @@ def _add_run_options(p: argparse.ArgumentParser, config_required: bool = True) -
     p.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else start a local Ray)")
     p.add_argument("--resume", action="store_true", help="continue a run: skip finished stages, resume training")
     p.add_argument("--overwrite", action="store_true", help="delete an existing run in run_dir and start over")
+    add_verbose_option(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-data", required=True, help="labelled held-out images (folder or shards)")
     p.add_argument("--out", default=None, help="output folder (default: next to the checkpoint, eval/)")
     p.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else start a local Ray)")
+    add_verbose_option(p)
 
     p = verbs.add_parser("export", help="export a checkpoint's backbone to load without sslpipe",
                          description="ResNets: a plain torchvision state_dict (+ arch facts); other backbones: TorchScript.")
@@ -150,6 +154,7 @@ def _eval(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "eval"
     train_shards = resolve_location(args.data, out / "shards" / "train", cfg)
     eval_shards = resolve_location(args.eval_data, out / "shards" / "eval", cfg)
+    attach_run_log(out, "eval.log")
     ensure_ray(dataclasses.replace(cfg.ray, address=args.address or cfg.ray.address))
     result = full_evaluation(cfg, backbone, load_labelled(train_shards, cfg), load_labelled(eval_shards, cfg), out)
     write_json_atomic(result, out / "eval.json")
@@ -163,6 +168,8 @@ def _eval(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "verbose", True) is False:  # the verbs that start Ray have --verbose
+        quiet_console()
     try:
         if args.verb == "shard":
             from pipelines.sources import shard_source
@@ -200,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sslpipe: interrupted; run again with --resume to continue", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - a failed run: its cause here, the traceback in the run log
+        if not is_quiet():
+            raise
+        report_failure(exc)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -268,6 +268,14 @@ class TrainConfig:
     knn_monitor_bank: int = 10000
     #: cap on held-out queries for the monitor
     knn_monitor_queries: int = 2000
+    #: where each finished epoch goes besides RUN_DIR/metrics.jsonl (always written, live):
+    #: TensorBoard event files in RUN_DIR/tb, an MLflow run, or nothing more (pipelines/tracking.py)
+    tracking: Literal["tensorboard", "mlflow", "none"] = "tensorboard"
+    #: MLflow tracking URI (train.tracking=mlflow only): "" = a local file store RUN_DIR/mlruns,
+    #: or a server (http://host:5000) or database (sqlite:///mlflow.db)
+    tracking_uri: str = ""
+    #: MLflow experiment the run is logged under (train.tracking=mlflow only)
+    tracking_experiment: str = "sslpipe"
 
     def validate(self, path: str) -> None:
         _check(self.num_workers >= 0, f"{path}.num_workers", "an integer >= 0 (0 runs in the driver)")
@@ -300,6 +308,15 @@ class TrainConfig:
         _check(self.knn_monitor_every >= 0, f"{path}.knn_monitor_every", "an integer >= 0 (0 = off)")
         _check(self.knn_monitor_bank >= 1, f"{path}.knn_monitor_bank", "an integer >= 1")
         _check(self.knn_monitor_queries >= 1, f"{path}.knn_monitor_queries", "an integer >= 1")
+        for key in ("tracking_uri", "tracking_experiment"):  # MLflow settings are not ignored silently
+            _check(self.tracking == "mlflow" or getattr(self, key) == getattr(TrainConfig, key), f"{path}.{key}",
+                   "left at its default unless train.tracking=mlflow (it is an MLflow setting)")
+        _check(bool(self.tracking_experiment.strip()), f"{path}.tracking_experiment", "a non-empty MLflow experiment name")
+        if self.tracking != "none":
+            from pipelines.tracking import missing_client
+
+            missing = missing_client(self.tracking)
+            _check(missing is None, f"{path}.tracking", f"a tracker whose client is installed: {missing}")
 
 
 @dataclass

@@ -34,6 +34,7 @@ from pipelines.console import say
 from pipelines.device import autocast as autocast_on, module_device, resolve_precision, train_device
 from pipelines.dynamic import PruningRound, select_subset
 from pipelines.models import build_method_from_config, forward_takes_index, view_recipe
+from pipelines.tracking import open_tracker
 from ssl_models.augment import RENDERERS
 from ssl_models.optim import LARS, lars_param_groups
 from ssl_models.schedules import SCHEDULES
@@ -298,6 +299,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     t_start = time.time()
     epoch = start_epoch
     micro = local_batch // tc.grad_accum_steps
+    tracker = open_tracker(cfg, loop_config, rank, history)  # live metrics.jsonl + TensorBoard/MLflow (rank 0)
 
     while step < total_steps:
         round_info: dict[str, Any] = {}
@@ -365,6 +367,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             # every rank reports the same keys; only rank 0 holds the monitor data
             metrics["knn_top1"] = _online_knn(_unwrap(model).backbone, *monitor, cfg) if monitor else float("nan")
         history.append(metrics)
+        tracker.log_epoch(metrics)
         elapsed = time.time() - t_start
         stop = _should_stop(tc.time_budget_s > 0 and elapsed >= tc.time_budget_s and step < total_steps, device)
         if rank == 0:
@@ -401,6 +404,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             ray.train.report(metrics)
         if stop:
             break
+    tracker.close()
 
 
 def iid_worker_split(dataset: "ray.data.Dataset", seed: int) -> "ray.data.Dataset":
@@ -459,6 +463,7 @@ def pretrain(
             "local_checkpoint_dir": storage.join(run_dir, name, "local_checkpoints") if tc.num_workers == 0 else None,
             # told, not probed: Ray's in-process mode asserts on a missing dataset shard
             "has_val": val_dataset is not None,
+            "run_dir": str(run_dir),  # rank 0 writes metrics.jsonl, tb/ there as each epoch ends
         },
         scaling_config=ScalingConfig(
             num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker={"CPU": tc.cpus_per_worker}

@@ -25,6 +25,10 @@ Ray's CPU share a little; the throughput it wins back (-0.5 to +3.3 % in three
 runs of ``bench/ray_tax.py``) is inside that bench's noise. It also keeps a
 local job from preempting the user's interactive programs. ``ray.local_scheduling:
 normal`` turns it off.
+
+Under the CLI's quiet console (``pipelines/console.py``), Ray starts with a worker setup hook that tags
+sslpipe's warnings in workers, logs its own INFO lines to the run log, and the driver's printing of
+forwarded worker output is replaced by a router (sslpipe's lines to the terminal, the rest to the log).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from typing import Any
 import ray
 
 from pipelines.config import RayConfig
+from pipelines.console import ray_init_options, route_ray_output
 
 #: Ray system settings for a Ray we start: reap pooled workers idle for 10 s (Ray's default
 #: keeps one per logical CPU for ever; a pipeline stage restarts a worker in about a second)
@@ -105,9 +110,10 @@ def ensure_ray(cfg: RayConfig) -> None:
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    console = ray_init_options()  # the CLI's quiet console: Ray's logs to the run log, not the terminal
     if address:
-        ray.init(address=address, logging_level=logging.WARNING)
-        return
-    init_local_ray(cfg)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = True
+        ray.init(**{"address": address, "logging_level": logging.WARNING, **console})
+    else:
+        init_local_ray(cfg, address="local", **console)  # never a `ray start` cluster found on this host
+        ray.data.DataContext.get_current().enable_progress_bars = True
+    route_ray_output()

@@ -24,6 +24,7 @@ import yaml
 
 import storage
 from pipelines.config import RunConfig, config_to_dict
+from pipelines.console import attach_run_log
 from pipelines.ray_runtime import ensure_ray
 from storage import InputError
 
@@ -138,6 +139,7 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
     check_locations(cfg)
     t_run = time.time()
     run = prepare_run_dir(cfg, resume, overwrite)
+    attach_run_log(run.path)  # the CLI's quiet console: Ray's and the libraries' logs go to RUN_DIR/run.log
     stop_after = STAGES.index(until)
 
     def pool() -> dict[str, Any]:

@@ -592,8 +592,11 @@ def _make_tuner(cfg: RunConfig, spec: SweepSpec, train_ds: Any, val_ds: Any, res
     from ray import tune
 
     sdir = sweep_dir(cfg, spec)
+    base = config_to_dict(cfg)
+    if cfg.train.tracking == "mlflow" and not cfg.train.tracking_uri:  # one MLflow store: trials side by side
+        base["train"]["tracking_uri"] = (sdir / "mlruns").as_uri()
     trainable = tune.with_parameters(
-        sweep_trial, base=config_to_dict(cfg), trials_dir=str(sdir / "trials"), train_ds=train_ds, val_ds=val_ds,
+        sweep_trial, base=base, trials_dir=str(sdir / "trials"), train_ds=train_ds, val_ds=val_ds,
         with_checkpoints=spec.scheduler.name == "pbt",
     )
     # in-process trials reserve their CPU in Tune; DDP trials' workers ask Train for theirs
@@ -848,6 +851,9 @@ def add_sweep_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else start a local Ray)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials are kept")
     p.add_argument("--overwrite", action="store_true", help="delete this sweep's results and start over")
+    from pipelines.console import add_verbose_option
+
+    add_verbose_option(p)
     return p
 
 
@@ -863,15 +869,10 @@ def run_sweep_cli(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pipelines.sweep ...``, the same as ``sslpipe sweep ...``."""
-    parser = argparse.ArgumentParser(prog="sslpipe")
-    add_sweep_parser(parser.add_subparsers(dest="verb", required=True))
-    args = parser.parse_args(["sweep", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return run_sweep_cli(args)
-    except (ConfigError, InputError) as exc:
-        print(f"sslpipe: error: {exc}", file=sys.stderr)
-        return 2
+    """``python -m pipelines.sweep ...``, the same as ``sslpipe sweep ...`` (same console, same errors)."""
+    from pipelines.cli import main as cli_main
+
+    return cli_main(["sweep", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

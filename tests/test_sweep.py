@@ -171,6 +171,14 @@ def test_temperature_sweep_knn_varies_and_asha_stops_early(curated_run: Path) ->
     assert best_cfg.train.epochs == spec.base.train.epochs
     page = result.report_path.read_text()
     assert page.count("data:image/png;base64,") == 2
+    # every trial has its own live TensorBoard curves (tensorboard --logdir SWEEP/trials compares them)
+    from tests.test_tracking import scalar_curves
+
+    for r in table:
+        curve = {c["epoch"]: c["knn_top1"] for c in json.loads(r["curve"])}
+        knn = scalar_curves(result.sweep_dir / "trials" / r["trial_id"] / "tb")["knn_top1"]
+        # a trial that ASHA stops may have logged one more epoch than Tune took from it
+        assert len(knn) >= len(curve) and all(any(abs(v - t) < 1e-6 for t in knn.values()) for v in curve.values())
 
 
 def _finished_trials(trials: Path) -> set[str]:
