@@ -87,13 +87,14 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
     from pipelines.pretrain import load_backbone, pretrain
     from pipelines.report import build_report
     from pipelines.sources import resolve_sources
+    from pipelines.eval_sets import resolve_eval_sets
     from curation.ingest import read_decoded
 
     if until not in STAGES:
         raise InputError(f"unknown stage {until!r}; choose one of {', '.join(STAGES)}")
     from curation.redact import refuse_credentials
 
-    for uri in (cfg.data.source, cfg.data.eval_source, cfg.run_dir):
+    for uri in (cfg.data.source, cfg.eval.bank_source, cfg.eval.query_source, cfg.run_dir):
         if uri:  # before anything (config.yaml, stage records) could copy a secret to disk
             refuse_credentials(str(uri))
     t_run = time.time()
@@ -101,16 +102,18 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
     stop_after = STAGES.index(until)
 
     def pool() -> dict[str, Any]:
-        shards, eval_shards = resolve_sources(cfg, run.path / "pool")
-        return {"shards": shards, "eval_shards": eval_shards}
+        shards, demo_queries = resolve_sources(cfg, run.path / "pool")
+        sets = resolve_eval_sets(cfg, run.path / "pool", demo_queries)
+        return {"shards": shards, "bank_shards": sets.bank, "query_shards": sets.queries}
 
     pool_rec = _stage(run, "pool", resume, pool)  # before Ray starts: bad input fails fast
     if stop_after < 1:
         return run.path
     ensure_ray(cfg.ray)
+    labelled = _labelled_index(cfg, pool_rec) if (run.record("pretrain") is None or not resume) else None
 
     def do_curate() -> dict[str, Any]:
-        res = curate(pool_rec["shards"], run.path / "curated", cfg.curate)
+        res = curate(pool_rec["shards"], run.path / "curated", cfg.curate, intensity=cfg.data.intensity)
         return {"manifest": str(res.manifest_path), "shards": res.shard_paths, "summary": res.summary}
 
     cur_rec = _stage(run, "curate", resume, do_curate)
@@ -118,9 +121,12 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
         return _partial_report(run.path)
 
     def do_pretrain() -> dict[str, Any]:
-        ds = read_decoded(cur_rec["shards"], cfg.data.image_size, cfg.data.channels).select_columns(["image", "label"])
-        val = read_decoded(pool_rec["eval_shards"], cfg.data.image_size, cfg.data.channels).select_columns(["image", "label"])
-        res = pretrain(cfg, ds, run.path, val_dataset=val)
+        from pipelines.monitor import build_monitor_sets
+
+        d = cfg.data
+        ds = read_decoded(cur_rec["shards"], d.image_size, d.channels, d.intensity).select_columns(["image", "label"])
+        monitor = build_monitor_sets(cfg, pool=_pool_index(cur_rec), **(labelled or {}))
+        res = pretrain(cfg, ds, run.path, monitor)
         hist = res.history
         write_text_atomic("".join(json.dumps(h) + "\n" for h in hist), run.path / "metrics.jsonl")
         desc = (
@@ -135,16 +141,25 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
         return _partial_report(run.path)
 
     def do_evaluate() -> dict[str, Any]:
-        bank = load_labelled(cur_rec["shards"], cfg)
-        test = load_labelled(pool_rec["eval_shards"], cfg)
         backbone = load_backbone(cfg, pt_rec["checkpoint"])
-        rep = full_evaluation(cfg, backbone, bank, test, run.path)
-        knn = rep["knn_top1"]
-        print(
-            f"[evaluate] {rep['protocol']}: raw pixels {knn['raw_pixels']:.3f}  random init {knn['random_init']:.3f}"
-            f"  pretrained {knn['pretrained']:.3f}  (gain {rep['gain_over_random_init'] * 100:+.1f} points)",
-            flush=True,
-        )
+        rep: dict[str, Any] = {}
+        if pool_rec.get("query_shards"):
+            bank = load_labelled(pool_rec["bank_shards"], cfg)
+            test = load_labelled(pool_rec["query_shards"], cfg)
+            rep = full_evaluation(cfg, backbone, bank, test, run.path)
+            knn = rep["knn_top1"]
+            print(
+                f"[evaluate] {rep['protocol']}: raw pixels {knn['raw_pixels']:.3f}  random init {knn['random_init']:.3f}"
+                f"  pretrained {knn['pretrained']:.3f}  (gain {rep['gain_over_random_init'] * 100:+.1f} points)",
+                flush=True,
+            )
+        free = _label_free_evaluation(cfg, backbone, cur_rec)
+        if free is not None:
+            rep["label_free"] = free
+            p, r = free["pretrained"], free["random_init"]
+            print(f"[evaluate] label-free on {free['sample_size']} pool images: RankMe {p['rankme']:.1f} (random init "
+                  f"{r['rankme']:.1f}), alignment {p['alignment']:.3f}, uniformity {p['uniformity']:.3f}, "
+                  f"feature std {p['feature_std']:.3f}", flush=True)
         return rep
 
     _stage(run, "evaluate", resume, do_evaluate)
@@ -153,3 +168,47 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
     report = build_report(run.path)
     print(f"[run] done in {time.time() - t_run:.0f} s; report: {report}", flush=True)
     return run.path
+
+
+def _labelled_index(cfg: RunConfig, pool_rec: dict[str, Any]) -> dict[str, Any] | None:
+    """Keys and labels of the whole labelled evaluation set (what the monitor samples from); an
+    evaluation set without a single label is refused here, before curation and training."""
+    from pipelines.eval_sets import BANK, QUERIES, index_labelled_set
+
+    if not pool_rec.get("query_shards"):
+        return None
+    out = {}
+    for what, field, source in ((BANK, "bank_shards", cfg.eval.bank_source), (QUERIES, "query_shards",
+                                                                              cfg.eval.query_source)):
+        paths = pool_rec[field]
+        keys, labels, sources = index_labelled_set(paths, what, source or cfg.data.source)
+        out["bank" if what == BANK else "queries"] = (paths, keys, labels, sources)
+    return out
+
+
+def _pool_index(cur_rec: dict[str, Any]) -> tuple[list[str], Any, Any]:
+    """(curated shards, kept keys, the input shard of each) from the manifest: no shard is read."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(cur_rec["manifest"], columns=["key", "source", "kept"])
+    kept = np.array(table.column("kept").to_pylist(), dtype=bool)
+    keys = np.array(table.column("key").to_pylist(), dtype=object)[kept]
+    sources = np.array(table.column("source").to_pylist(), dtype=object)[kept]
+    return list(cur_rec["shards"]), keys, sources
+
+
+def _label_free_evaluation(cfg: RunConfig, backbone: Any, cur_rec: dict[str, Any]) -> dict[str, Any] | None:
+    """Label-free metrics of the final encoder on the same pool sample the monitor used."""
+    from pipelines.evaluate import collect, label_free_report
+    from pipelines.monitor import POOL_SEED_OFFSET, random_sample, selected_dataset
+
+    n = cfg.train.monitor_pool_samples
+    if n == 0:
+        return None
+    paths, keys, _ = _pool_index(cur_rec)
+    if len(keys) < 2:
+        return None
+    chosen = keys[random_sample(keys, n, cfg.seed + POOL_SEED_OFFSET)]
+    images = collect(selected_dataset(paths, chosen, cfg), labelled_only=False).images
+    return label_free_report(cfg, backbone, images)

@@ -434,9 +434,8 @@ def resolve_location(location: str, dest: Path, cfg: RunConfig) -> list[str]:
 
 
 def resolve_sources(cfg: RunConfig, pool_dir: Path) -> tuple[list[str], list[str]]:
-    """(pool shards, eval shards) for the configured source."""
+    """(pool shards, the demo's held-out digits or []) for the configured source; the labelled
+    evaluation set (eval.bank_source / eval.query_source) is resolved by pipelines/eval_sets.py."""
     if cfg.data.source == DEMO_SOURCE:
         return build_demo_pool(cfg, pool_dir)
-    if cfg.data.eval_source is None:
-        raise InputError("data.eval_source is not set: name a labelled held-out folder or shards for evaluation")
-    return resolve_location(cfg.data.source, pool_dir / "shards", cfg), resolve_location(cfg.data.eval_source, pool_dir / "eval", cfg)
+    return resolve_location(cfg.data.source, pool_dir / "shards", cfg), []
