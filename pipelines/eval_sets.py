@@ -37,11 +37,15 @@ class EvalSets:
         return self.bank is not None and self.queries is not None
 
 
-def resolve_eval_sets(cfg: RunConfig, pool_dir: Path, demo_queries: list[str] | None = None) -> EvalSets:
+def resolve_eval_sets(cfg: RunConfig, pool_dir: Path, demo_queries: list[str] | None = None,
+                      pool_shards: list[str] | None = None) -> EvalSets:
     """Shards for eval.bank_source / eval.query_source (an image folder is sharded into ``pool_dir``).
 
     ``demo_queries``: the held-out digits the demo pool wrote; with ``mnist-demo`` and no
     eval sources configured, they are the queries and the clean pool digits the bank.
+    ``pool_shards``: the pool's own shards, reused as the bank when ``bank_source`` names the
+    same location with the same limit (a labelled pool evaluated on its own images, as LightlySSL's
+    CIFAR-10 protocol does): the folder is not sharded twice. Curation does not touch the bank.
     """
     from pipelines.sources import DEMO_SOURCE, resolve_location
 
@@ -49,7 +53,10 @@ def resolve_eval_sets(cfg: RunConfig, pool_dir: Path, demo_queries: list[str] | 
     if ev.bank_source is not None and ev.query_source is not None:
         # data.limit caps the pool, eval.limit the evaluation set: each folder is subsampled on its own
         limited = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, limit=ev.limit))
-        bank = resolve_location(ev.bank_source, pool_dir / "bank", limited)
+        if pool_shards and ev.bank_source == cfg.data.source and ev.limit == cfg.data.limit:
+            bank = list(pool_shards)
+        else:
+            bank = resolve_location(ev.bank_source, pool_dir / "bank", limited)
         queries = resolve_location(ev.query_source, pool_dir / "queries", limited)
         return EvalSets(bank, queries)
     if cfg.data.source == DEMO_SOURCE and demo_queries:

@@ -103,7 +103,7 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
 
     def pool() -> dict[str, Any]:
         shards, demo_queries = resolve_sources(cfg, run.path / "pool")
-        sets = resolve_eval_sets(cfg, run.path / "pool", demo_queries)
+        sets = resolve_eval_sets(cfg, run.path / "pool", demo_queries, shards)
         return {"shards": shards, "bank_shards": sets.bank, "query_shards": sets.queries}
 
     pool_rec = _stage(run, "pool", resume, pool)  # before Ray starts: bad input fails fast
@@ -121,12 +121,9 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
         return _partial_report(run.path)
 
     def do_pretrain() -> dict[str, Any]:
-        from pipelines.monitor import build_monitor_sets
-
         d = cfg.data
         ds = read_decoded(cur_rec["shards"], d.image_size, d.channels, d.intensity).select_columns(["image", "label"])
-        monitor = build_monitor_sets(cfg, pool=_pool_index(cur_rec), **(labelled or {}))
-        res = pretrain(cfg, ds, run.path, monitor)
+        res = pretrain(cfg, ds, run.path, monitor_sets_for_run(cfg, pool_rec, cur_rec, labelled))
         hist = res.history
         write_text_atomic("".join(json.dumps(h) + "\n" for h in hist), run.path / "metrics.jsonl")
         desc = (
@@ -168,6 +165,17 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
     report = build_report(run.path)
     print(f"[run] done in {time.time() - t_run:.0f} s; report: {report}", flush=True)
     return run.path
+
+
+def monitor_sets_for_run(cfg: RunConfig, pool_rec: dict[str, Any], cur_rec: dict[str, Any],
+                         labelled: dict[str, Any] | None = None) -> Any:
+    """The online monitor's sets of a run (pipelines/monitor.py): seeded, stratified samples of the
+    labelled evaluation set, and a random sample of the curated pool for the label-free metrics."""
+    from pipelines.monitor import build_monitor_sets
+
+    if labelled is None:
+        labelled = _labelled_index(cfg, pool_rec)
+    return build_monitor_sets(cfg, pool=_pool_index(cur_rec), **(labelled or {}))
 
 
 def _labelled_index(cfg: RunConfig, pool_rec: dict[str, Any]) -> dict[str, Any] | None:
