@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from pipelines.config import load_config
-from pipelines.monitor import allocate, random_sample, stratified_sample
+from pipelines.monitor import OnlineMonitor, allocate, random_sample, stratified_sample
 
 # --------------------------------------------------------------------------- drawing the samples (no Ray)
 
@@ -98,3 +99,43 @@ def test_online_knn_matches_the_evaluate_stage_on_class_sorted_shards(ray_sessio
     se = math.sqrt(full * (1 - full) / n_queries * (1 - n_queries / 500))
     assert abs(online - full) <= 3 * se + 1e-9, (online, full, 3 * se)
     assert history[-1]["monitor_query_classes"] == 10
+
+
+# --------------------------------------------------------------------------- the collapse alarm
+
+
+class _Collapsed(torch.nn.Module):
+    """Every image to (almost) the same point: what a collapsed SSL encoder computes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.ones(32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bias.expand(len(x), -1) + 1e-5 * x.flatten(1)[:, :32]
+
+
+def _monitor_on(images: torch.Tensor, epochs_every: int = 1) -> OnlineMonitor:
+    cfg = load_config(None, ["backbone.width=8", f"train.knn_monitor_every={epochs_every}"])
+    monitor = OnlineMonitor(cfg, rank=0, names=())  # no Ray datasets: give it its pool sample directly
+    monitor.pool, monitor.has_pool = images, True
+    return monitor
+
+
+def test_a_collapsing_encoder_raises_the_alarm_and_a_healthy_one_does_not(mnist_digits, capsys) -> None:
+    from pipelines.models import build_method_from_config
+
+    images = torch.from_numpy(mnist_digits[0][:256]).unsqueeze(1).contiguous()
+    monitor = _monitor_on(images)
+    healthy = monitor.epoch_metrics(build_method_from_config(monitor.cfg).backbone, epoch=1)
+    assert set(healthy) == {"rankme", "alignment", "uniformity", "feature_std"}
+    assert healthy["feature_std"] > 1.5 * monitor.cfg.train.collapse_std_threshold and healthy["rankme"] > 3
+    assert "warning" not in capsys.readouterr().out
+    collapsed = monitor.epoch_metrics(_Collapsed(), epoch=2)
+    assert collapsed["feature_std"] < 0.01 and collapsed["rankme"] < 1.5
+    out = capsys.readouterr().out
+    assert "[monitor] warning: epoch 2: the features are collapsing" in out and "collapse_std_threshold" in out
+    # other ranks report the same keys (NaN), and epochs between monitor epochs report nothing
+    other = OnlineMonitor(monitor.cfg, rank=1, names=("monitor_pool",))
+    assert set(other.epoch_metrics(_Collapsed(), epoch=2)) == set(collapsed)
+    assert _monitor_on(images, epochs_every=2).epoch_metrics(_Collapsed(), epoch=1) == {}
