@@ -529,10 +529,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    for name in data:
+    for name in list(data):
         dotted = f"{prefix}.{name}".lstrip(".")
         if dotted in REPLACED_KEYS:
-            raise ConfigError(f"config key '{dotted}' was replaced: {REPLACED_KEYS[dotted]}")
+            if data[name] is not None:
+                raise ConfigError(f"config key '{dotted}' was replaced: {REPLACED_KEYS[dotted]}")
+            data = {k: v for k, v in data.items() if k != name}  # null: nothing was set, nothing is lost
     unknown = sorted(set(data) - set(names))
     if unknown:
         where = f"'{prefix}'" if prefix else "the top level"
@@ -603,6 +605,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 raise ConfigError(f"config file {p} must hold a mapping of sections, got {type(loaded).__name__}")
             data = loaded
     return config_from_dict(apply_overrides(data, overrides or []))
+
+
+def upgrade_stored_config(data: dict[str, Any]) -> dict[str, Any]:
+    """A config stored by an earlier sslpipe (inside a checkpoint) in today's keys, so old checkpoints
+    still evaluate and export. ``data.eval_source`` held the queries, and the kNN bank was the labelled
+    pool: they become ``eval.query_source`` and ``eval.bank_source = data.source``."""
+    import copy
+
+    if not isinstance(data, dict):
+        return data  # config_from_dict says what is wrong with it
+    out = copy.deepcopy(data)
+    section = out.get("data")
+    if isinstance(section, dict) and "eval_source" in section:
+        queries = section.pop("eval_source")
+        ev = out.setdefault("eval", {})
+        if queries is not None and isinstance(ev, dict) and ev.get("query_source") is None:
+            ev["query_source"], ev["bank_source"] = queries, section.get("source")
+    return out
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -106,3 +107,18 @@ def _keys_and_labels(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     ok = np.array([img is not None and not err for img, err in zip(batch["image"], batch["read_error"])], dtype=bool)
     return {"key": np.asarray(batch["key"], dtype=object)[ok], "label": np.asarray(batch["label"], np.int64)[ok],
             "source": np.asarray(batch["source"], dtype=object)[ok]}
+
+
+def index_eval_sets(cfg: RunConfig, pool_rec: dict[str, Any]) -> dict[str, Any] | None:
+    """Keys and labels of the whole labelled evaluation set of a run (what the monitor samples from),
+    as ``build_monitor_sets`` takes them; None without one. An evaluation set without a single label is
+    refused here, which ``run_pipeline`` calls before curation and training."""
+    if not pool_rec.get("query_shards"):
+        return None
+    out = {}
+    for what, field, source in ((BANK, "bank_shards", cfg.eval.bank_source),
+                                (QUERIES, "query_shards", cfg.eval.query_source)):
+        paths = pool_rec[field]
+        keys, labels, sources = index_labelled_set(paths, what, source or cfg.data.source)
+        out[what] = (paths, keys, labels, sources)
+    return out

@@ -55,6 +55,21 @@ def load_labelled(paths: list[str], cfg: RunConfig) -> LabelledArrays:
     return collect(read_decoded(paths, cfg.data.image_size, cfg.data.channels, cfg.data.intensity))
 
 
+def label_free_evaluation(cfg: RunConfig, backbone: torch.nn.Module, cur_rec: dict[str, object]
+                          ) -> dict[str, object] | None:
+    """The evaluate stage's label-free figures: on the same pool sample the monitor used every epoch
+    (``train.monitor_pool_samples`` curated images; 0 turns both off)."""
+    from pipelines.monitor import pool_index, pool_sample_keys, selected_dataset
+
+    if cfg.train.monitor_pool_samples == 0:
+        return None
+    paths, keys, _ = pool_index(cur_rec)
+    if len(keys) < 2:
+        return None
+    images = collect(selected_dataset(paths, pool_sample_keys(cfg, keys), cfg), labelled_only=False).images
+    return label_free_report(cfg, backbone, images)
+
+
 def label_free_report(cfg: RunConfig, backbone: torch.nn.Module, images: np.ndarray) -> dict[str, object]:
     """Label-free metrics of the pretrained encoder next to the same architecture at random
     initialisation, on ``images`` (uint8 NHWC: the pool sample the online monitor used)."""

@@ -178,6 +178,34 @@ def build_monitor_sets(cfg: RunConfig, *, bank: tuple[list[str], np.ndarray, np.
     return out
 
 
+def pool_index(cur_rec: dict[str, Any]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(curated shards, kept keys, the input shard of each) from a run's curation record: the
+    manifest says where every kept sample is, so no shard is read to choose the pool sample."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(cur_rec["manifest"], columns=["key", "source", "kept"])
+    kept = np.array(table.column("kept").to_pylist(), dtype=bool)
+    keys = np.array(table.column("key").to_pylist(), dtype=object)[kept]
+    sources = np.array(table.column("source").to_pylist(), dtype=object)[kept]
+    return list(cur_rec["shards"]), keys, sources
+
+
+def pool_sample_keys(cfg: RunConfig, keys: np.ndarray) -> np.ndarray:
+    """The keys of the pool sample the label-free metrics use, every epoch and in the evaluate stage."""
+    return keys[random_sample(keys, cfg.train.monitor_pool_samples, cfg.seed + POOL_SEED_OFFSET)]
+
+
+def monitor_sets_for_run(cfg: RunConfig, pool_rec: dict[str, Any], cur_rec: dict[str, Any],
+                         labelled: dict[str, Any] | None = None) -> MonitorSets:
+    """The monitor's sets of a run: samples of its labelled evaluation set (``index_eval_sets``,
+    indexed here when not given) and of its curated pool."""
+    from pipelines.eval_sets import index_eval_sets
+
+    if labelled is None:
+        labelled = index_eval_sets(cfg, pool_rec)
+    return build_monitor_sets(cfg, pool=pool_index(cur_rec), **(labelled or {}))
+
+
 # --------------------------------------------------------------------------- in the training loop
 
 

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray
 import ray.train
 import torch
@@ -32,7 +31,7 @@ from ray.train.torch import TorchTrainer
 from pipelines.allocator import allocator_in_use, resolve_allocator
 from pipelines.config import RunConfig, config_from_dict, config_to_dict
 from pipelines.console import say
-from pipelines.device import autocast as autocast_on, module_device, resolve_precision, train_device
+from pipelines.device import autocast as autocast_on, resolve_precision, train_device
 from pipelines.dynamic import PruningRound, select_subset
 from pipelines.models import build_method_from_config, forward_takes_index, view_recipe
 from pipelines.monitor import MonitorSets, OnlineMonitor

@@ -83,7 +83,9 @@ def _partial_report(run_dir: Path) -> Path:
 def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, until: str = "report") -> Path:
     """Run the chain up to and including ``until``; returns the run directory."""
     from pipelines.curate import curate
-    from pipelines.evaluate import full_evaluation, load_labelled
+    from pipelines.evaluate import full_evaluation, label_free_evaluation, load_labelled
+    from pipelines.eval_sets import index_eval_sets
+    from pipelines.monitor import monitor_sets_for_run
     from pipelines.pretrain import load_backbone, pretrain
     from pipelines.report import build_report
     from pipelines.sources import resolve_sources
@@ -110,7 +112,8 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
     if stop_after < 1:
         return run.path
     ensure_ray(cfg.ray)
-    labelled = _labelled_index(cfg, pool_rec) if (run.record("pretrain") is None or not resume) else None
+    # the whole labelled evaluation set's keys and labels: checked (labels present) before any curation
+    labelled = index_eval_sets(cfg, pool_rec) if (run.record("pretrain") is None or not resume) else None
 
     def do_curate() -> dict[str, Any]:
         res = curate(pool_rec["shards"], run.path / "curated", cfg.curate, intensity=cfg.data.intensity)
@@ -150,7 +153,7 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
                 f"  pretrained {knn['pretrained']:.3f}  (gain {rep['gain_over_random_init'] * 100:+.1f} points)",
                 flush=True,
             )
-        free = _label_free_evaluation(cfg, backbone, cur_rec)
+        free = label_free_evaluation(cfg, backbone, cur_rec)
         if free is not None:
             rep["label_free"] = free
             p, r = free["pretrained"], free["random_init"]
@@ -165,58 +168,3 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
     report = build_report(run.path)
     print(f"[run] done in {time.time() - t_run:.0f} s; report: {report}", flush=True)
     return run.path
-
-
-def monitor_sets_for_run(cfg: RunConfig, pool_rec: dict[str, Any], cur_rec: dict[str, Any],
-                         labelled: dict[str, Any] | None = None) -> Any:
-    """The online monitor's sets of a run (pipelines/monitor.py): seeded, stratified samples of the
-    labelled evaluation set, and a random sample of the curated pool for the label-free metrics."""
-    from pipelines.monitor import build_monitor_sets
-
-    if labelled is None:
-        labelled = _labelled_index(cfg, pool_rec)
-    return build_monitor_sets(cfg, pool=_pool_index(cur_rec), **(labelled or {}))
-
-
-def _labelled_index(cfg: RunConfig, pool_rec: dict[str, Any]) -> dict[str, Any] | None:
-    """Keys and labels of the whole labelled evaluation set (what the monitor samples from); an
-    evaluation set without a single label is refused here, before curation and training."""
-    from pipelines.eval_sets import BANK, QUERIES, index_labelled_set
-
-    if not pool_rec.get("query_shards"):
-        return None
-    out = {}
-    for what, field, source in ((BANK, "bank_shards", cfg.eval.bank_source), (QUERIES, "query_shards",
-                                                                              cfg.eval.query_source)):
-        paths = pool_rec[field]
-        keys, labels, sources = index_labelled_set(paths, what, source or cfg.data.source)
-        out["bank" if what == BANK else "queries"] = (paths, keys, labels, sources)
-    return out
-
-
-def _pool_index(cur_rec: dict[str, Any]) -> tuple[list[str], Any, Any]:
-    """(curated shards, kept keys, the input shard of each) from the manifest: no shard is read."""
-    import numpy as np
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(cur_rec["manifest"], columns=["key", "source", "kept"])
-    kept = np.array(table.column("kept").to_pylist(), dtype=bool)
-    keys = np.array(table.column("key").to_pylist(), dtype=object)[kept]
-    sources = np.array(table.column("source").to_pylist(), dtype=object)[kept]
-    return list(cur_rec["shards"]), keys, sources
-
-
-def _label_free_evaluation(cfg: RunConfig, backbone: Any, cur_rec: dict[str, Any]) -> dict[str, Any] | None:
-    """Label-free metrics of the final encoder on the same pool sample the monitor used."""
-    from pipelines.evaluate import collect, label_free_report
-    from pipelines.monitor import POOL_SEED_OFFSET, random_sample, selected_dataset
-
-    n = cfg.train.monitor_pool_samples
-    if n == 0:
-        return None
-    paths, keys, _ = _pool_index(cur_rec)
-    if len(keys) < 2:
-        return None
-    chosen = keys[random_sample(keys, n, cfg.seed + POOL_SEED_OFFSET)]
-    images = collect(selected_dataset(paths, chosen, cfg), labelled_only=False).images
-    return label_free_report(cfg, backbone, images)

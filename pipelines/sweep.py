@@ -579,7 +579,8 @@ def _datasets(cfg: RunConfig) -> tuple[Any, Any]:
     """Pool + curation once (resumable), then the curated train set and the monitor's sets (pipelines/monitor.py:
     a sample of the labelled evaluation set, a pool sample for label-free metrics), materialised once."""
     from curation.ingest import read_decoded
-    from pipelines.run import RunDir, monitor_sets_for_run, run_pipeline
+    from pipelines.monitor import monitor_sets_for_run
+    from pipelines.run import RunDir, run_pipeline
 
     run_pipeline(cfg, until="curate", resume=True)
     run = RunDir(cfg.run_dir)

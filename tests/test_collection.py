@@ -127,6 +127,30 @@ def test_data_eval_source_is_refused_naming_the_keys_that_replace_it() -> None:
         load_config(None, ["data.source=/x", "eval.bank_source=/y"])
 
 
+def test_checkpoints_written_before_the_evaluation_set_keys_still_load(tmp_path: Path) -> None:
+    """A checkpoint stores its resolved config; one from before eval.bank_source/query_source holds
+    data.eval_source, which means: queries = that set, bank = the (labelled) pool."""
+    import dataclasses
+
+    import torch
+
+    from pipelines.checkpoints import load_checkpoint
+    from pipelines.config import config_to_dict
+
+    old = config_to_dict(load_config(None, ["data.source=/data/train"]))
+    old["data"]["eval_source"] = "/data/test"
+    for section in ("bank_source", "query_source", "limit"):
+        old["eval"].pop(section)
+    old["eval"].update(linear_probe=True, few_shot_tries=5, robustness=True, embedding_plot=True)  # as stored then
+    torch.save({"method": {}, "config": old}, tmp_path / "old.pt")
+    cfg, _ = load_checkpoint(tmp_path / "old.pt")
+    assert (cfg.eval.bank_source, cfg.eval.query_source) == ("/data/train", "/data/test")
+    demo = config_to_dict(load_config(None))  # the demo stored eval_source: null
+    demo["data"]["eval_source"] = None
+    torch.save({"method": {}, "config": demo}, tmp_path / "demo.pt")
+    assert dataclasses.asdict(load_checkpoint(tmp_path / "demo.pt")[0]) == dataclasses.asdict(load_config(None))
+
+
 @pytest.mark.parametrize("key", ["eval.linear_probe=true", "eval.few_shot_tries=3", "eval.robustness=true",
                                  "eval.embedding_plot=true"])
 def test_a_label_based_evaluation_without_labels_is_refused_at_load(key: str) -> None:
