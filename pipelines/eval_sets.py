@@ -120,5 +120,10 @@ def index_eval_sets(cfg: RunConfig, pool_rec: dict[str, Any]) -> dict[str, Any] 
                                 (QUERIES, "query_shards", cfg.eval.query_source)):
         paths = pool_rec[field]
         keys, labels, sources = index_labelled_set(paths, what, source or cfg.data.source)
+        if cfg.eval.limit and len(keys) > cfg.eval.limit:  # shards are used as they are: say so, do not ignore it
+            raise InputError(
+                f"eval.limit={cfg.eval.limit} caps image folders, and {source} is {len(keys)} samples in shards, used "
+                f"whole: remove eval.limit, or point eval.{'bank_source' if what == BANK else 'query_source'} at a "
+                f"smaller set (`sslpipe shard SRC DEST --limit N` writes a reproducible random subset)")
         out[what] = (paths, keys, labels, sources)
     return out

@@ -176,7 +176,7 @@ def test_sweeps_rank_by_knn_only_with_labels_and_by_rankme_without(tmp_path: Pat
     assert parse_search_space({"config": labelled, "search": search}, tmp_path).metric == "knn_top1"
 
 
-def test_an_evaluation_set_without_labels_is_refused_before_curation(ray_session, flat_unlabelled,
+def test_an_evaluation_set_without_labels_is_refused_before_curation(ray_session, flat_unlabelled, mnist_digits,
                                                                       tmp_path: Path) -> None:
     from pipelines.run import run_pipeline
 
@@ -185,6 +185,16 @@ def test_an_evaluation_set_without_labels_is_refused_before_curation(ray_session
     with pytest.raises(InputError, match="eval.bank_source .* none has a label"):
         run_pipeline(cfg)
     assert not (tmp_path / "run" / "stages" / "curate.json").exists()
+    # eval.limit caps image folders; on shards (used whole) it is refused, not ignored
+    images, labels = mnist_digits
+    write_shard([Sample(f"e{i:03d}", _png(images[i]), "png", int(labels[i])) for i in range(60)],
+                tmp_path / "labelled" / "shard-000000.tar")
+    limited = load_config(None, [f"run_dir={tmp_path / 'run2'}", f"data.source={flat_unlabelled}",
+                                 f"eval.bank_source={tmp_path / 'labelled'}", f"eval.query_source={tmp_path / 'labelled'}",
+                                 "eval.limit=50", *TINY])
+    with pytest.raises(InputError, match="eval.limit=50 caps image folders"):
+        run_pipeline(limited)
+    assert not (tmp_path / "run2" / "stages" / "curate.json").exists()
 
 
 @pytest.mark.slow
