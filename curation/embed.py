@@ -14,15 +14,15 @@ shifts that move a perceptual hash as far as an unrelated image.
 
 from __future__ import annotations
 
-import io
 from typing import Callable
 
 import numpy as np
 import ray.data
 import torch
-from PIL import Image
 from ray.data import ActorPoolStrategy
 from torch import nn
+
+from curation.decode import Intensity, decode_to_array
 
 
 class RandomConvEmbedder(nn.Module):
@@ -57,24 +57,24 @@ def random_conv_embedder(channels: int = 3) -> nn.Module:
     return RandomConvEmbedder(channels).eval()
 
 
-def decode_for_embedding(data: bytes, size: int, channels: int) -> np.ndarray:
-    im = Image.open(io.BytesIO(data)).convert("RGB" if channels == 3 else "L")
-    if im.size != (size, size):
-        im = im.resize((size, size), Image.BILINEAR)
-    arr = np.asarray(im, dtype=np.float32) / 255.0
-    return arr.transpose(2, 0, 1) if channels == 3 else arr[None]
+def decode_for_embedding(data: bytes, size: int, channels: int, intensity: Intensity = "full_range") -> np.ndarray:
+    """Float CHW in [0, 1] at ``size`` x ``size``, through the one decode path (16-bit scaled, not clipped)."""
+    arr = decode_to_array(data, size, channels, intensity=intensity).astype(np.float32) / 255.0
+    return arr.transpose(2, 0, 1)
 
 
 class ImageEmbedder:
     """Ray Data callable class: rows with encoded ``image`` -> rows with ``key`` and ``embedding``."""
 
-    def __init__(self, factory: Callable[[], nn.Module], size: int, channels: int, threads: int = 1) -> None:
+    def __init__(self, factory: Callable[[], nn.Module], size: int, channels: int, threads: int = 1,
+                 intensity: Intensity = "full_range") -> None:
         torch.set_num_threads(threads)
         self.model = factory().eval()
-        self.size, self.channels = size, channels
+        self.size, self.channels, self.intensity = size, channels, intensity
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        x = torch.from_numpy(np.stack([decode_for_embedding(b, self.size, self.channels) for b in batch["image"]]))
+        x = torch.from_numpy(np.stack([decode_for_embedding(b, self.size, self.channels, self.intensity)
+                                       for b in batch["image"]]))
         x = (x - 0.5) / 0.25
         with torch.no_grad():
             z = self.model(x).float()
@@ -83,12 +83,13 @@ class ImageEmbedder:
 
 
 def embed_dataset(
-    ds: ray.data.Dataset, factory: Callable[[], nn.Module], size: int, channels: int, actors: int = 1
+    ds: ray.data.Dataset, factory: Callable[[], nn.Module], size: int, channels: int, actors: int = 1,
+    intensity: Intensity = "full_range",
 ) -> ray.data.Dataset:
     """``ds`` rows (key, image bytes) -> (key, embedding) through an actor pool of ``actors`` actors."""
     return ds.select_columns(["key", "image"]).map_batches(
         ImageEmbedder,
-        fn_constructor_kwargs={"factory": factory, "size": size, "channels": channels},
+        fn_constructor_kwargs={"factory": factory, "size": size, "channels": channels, "intensity": intensity},
         compute=ActorPoolStrategy(size=actors),
         batch_size=256,
         num_cpus=1,

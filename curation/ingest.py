@@ -34,7 +34,7 @@ from curation.errors import InputError
 from storage.io import open_input as storage_open_input
 from storage.uri import STORAGE_ENV, apply_env as _apply_env, filesystem_for, join_uri, storage_env  # noqa: F401
 from curation.shards import INT64_MAX, INT64_MIN, expand_braces, iter_tar_samples, normalize_meta, sniff_image_ext
-from curation.decode import decode_to_array
+from curation.decode import Intensity, decode_to_array
 
 if TYPE_CHECKING:
     import ray.data
@@ -330,15 +330,17 @@ def read_parquet_images(paths: str | Sequence[str], image_column: str = "image",
     return _read(paths, rows_per_batch, image_column)
 
 
-def decode_batch(batch: dict[str, np.ndarray], size: int, channels: int) -> dict[str, np.ndarray]:
+def decode_batch(batch: dict[str, np.ndarray], size: int, channels: int,
+                 intensity: Intensity = "full_range") -> dict[str, np.ndarray]:
     """Ray Data UDF: encoded bytes -> uint8 [N, size, size, C] pixels (rows that fail are dropped
-    here only because curation already recorded them; training reads curated shards)."""
+    here only because curation already recorded them; training reads curated shards).
+    ``intensity``: how 16-bit/float images are scaled (``data.intensity``, curation/decode.py)."""
     images, labels, keys = [], [], []
     for key, data, label in zip(batch["key"], batch["image"], batch["label"]):
         if data is None:
             continue
         try:
-            images.append(decode_to_array(data, size, channels))
+            images.append(decode_to_array(data, size, channels, intensity=intensity))
         except Exception:  # noqa: BLE001 - recorded by curation; defensive for un-curated input
             continue
         labels.append(int(label))
@@ -377,7 +379,8 @@ def map_shards(paths: str | Sequence[str], udf: Callable[..., dict[str, np.ndarr
     return ds.map_batches(per_shard, batch_size=1, fn_kwargs={"env": storage_env()})
 
 
-def read_decoded(paths: str | Sequence[str], size: int, channels: int) -> ray.data.Dataset:
+def read_decoded(paths: str | Sequence[str], size: int, channels: int,
+                 intensity: Intensity = "full_range") -> ray.data.Dataset:
     """Shards -> Dataset of {key, image uint8 [size,size,C], label}, the training feed.
 
     One Ray task per shard that reads *and* decodes (``map_shards``), so memory does not grow
@@ -390,4 +393,5 @@ def read_decoded(paths: str | Sequence[str], size: int, channels: int) -> ray.da
     Keep it so: a ``map_batches(..., batch_size=B)`` chained right after this one would fuse and
     bundle B shards per task again.
     """
-    return map_shards(paths, decode_batch, {"size": size, "channels": channels}, rows_per_batch=DECODE_ROWS)
+    return map_shards(paths, decode_batch, {"size": size, "channels": channels, "intensity": intensity},
+                      rows_per_batch=DECODE_ROWS)

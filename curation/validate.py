@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from curation.decode import HIGH_DEPTH_MODES, decode_to_array, to_8bit
+from curation.decode import HIGH_DEPTH_MODES, Intensity, decode_to_array, to_8bit
 
 __all__ = ["ImageCheck", "ValidationRules", "check_image", "decode_to_array"]
 
@@ -29,6 +29,9 @@ class ValidationRules:
     max_aspect: float = 4.0
     max_pixels: int = 50_000_000
     min_pixel_std: float = 2.0
+    #: how 16-bit/float images are scaled to 8 bits before they are judged (``data.intensity``): an
+    #: image that is flat after this scaling is ``low_variance``
+    intensity: Intensity = "full_range"
 
 
 @dataclass
@@ -65,7 +68,7 @@ def check_image(data: bytes | None, rules: ValidationRules) -> ImageCheck:
     try:
         if im.mode in HIGH_DEPTH_MODES:  # hash the raw samples; judge and hash perceptually on the scaled ones
             pixels = np.asarray(im)
-            im = to_8bit(im, 1)
+            im = to_8bit(im, 1, rules.intensity)
         else:
             if im.mode not in ("L", "RGB"):
                 im = im.convert("RGB")

@@ -16,7 +16,7 @@ import torchvision
 
 import storage
 from curation.errors import InputError
-from pipelines.config import ConfigError, RunConfig, config_from_dict
+from pipelines.config import ConfigError, RunConfig, config_from_dict, upgrade_stored_config
 from pipelines.models import build_method_from_config
 
 
@@ -33,7 +33,7 @@ def load_checkpoint(path: str | Path) -> tuple[RunConfig, dict[str, Any]]:
     if not isinstance(state, dict) or "method" not in state or "config" not in state:
         raise InputError(f"{path} is not an sslpipe checkpoint (no method weights and config inside)")
     try:
-        return config_from_dict(state["config"]), state
+        return config_from_dict(upgrade_stored_config(state["config"])), state
     except ConfigError as exc:
         raise InputError(f"{path}: the config stored in this checkpoint is not valid: {exc}") from None
 

@@ -131,7 +131,7 @@ def _run(args: argparse.Namespace, until: str) -> int:
         default = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
         config_path = str(default) if default.exists() else None
     cfg = load_config(config_path, overrides)
-    for location in (cfg.data.source, cfg.data.eval_source):  # before the run directory records the config
+    for location in (cfg.data.source, cfg.eval.bank_source, cfg.eval.query_source):  # before the run dir records the config
         if location:
             refuse_credentials(location)
     overwrite = args.overwrite or (args.verb == "demo" and not args.resume)

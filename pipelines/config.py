@@ -52,12 +52,15 @@ class DataConfig:
     directory / glob of webdataset shards."""
 
     source: str = "mnist-demo"
-    #: held-out labelled images for evaluation (folder or shards); for
-    #: ``mnist-demo`` the last ``demo_holdout`` digits are held out automatically
-    eval_source: Optional[str] = None
     format: Literal["auto", "webdataset", "folder"] = "auto"
     image_size: int = 28
     channels: Literal[1, 3] = 1
+    #: how 16-bit and float images (medical, SAR/EO) become 8-bit, per image, in every decode
+    #: (curation, training, evaluation): ``full_range`` maps the image's own min..max to 0..255
+    #: (nothing clipped); ``percentile`` maps its 0.5..99.5 percentiles (the usual choice for SAR
+    #: speckle and CT/MR, where a few extreme pixels would squash the rest). 8-bit images are
+    #: never stretched. See curation/decode.py
+    intensity: Literal["full_range", "percentile"] = "full_range"
     shard_size: int = 1000
     demo_holdout: int = 1000
     #: cap on the number of images taken from the source (0 = all): a reproducible random
@@ -262,11 +265,12 @@ class TrainConfig:
     max_failures: int = 1
     #: torch threads per worker; 0 = cpus_per_worker rounded up
     threads_per_worker: int = 0
-    #: online kNN monitor on the held-out set every N epochs (0 = off); what sweeps rank trials by
+    #: the online monitor (pipelines/monitor.py) every N epochs (0 = off): kNN top-1 on the labelled
+    #: evaluation set where there is one, and the label-free metrics; what sweeps rank trials by
     knn_monitor_every: int = 1
-    #: cap on the labelled training images rank 0 uses as the monitor's kNN bank
+    #: the monitor's kNN bank: a seeded random sample of eval.bank_source, stratified by class
     knn_monitor_bank: int = 10000
-    #: cap on held-out queries for the monitor
+    #: the monitor's queries: a seeded random sample of eval.query_source, stratified by class
     knn_monitor_queries: int = 2000
     #: where each finished epoch goes besides RUN_DIR/metrics.jsonl (always written, live):
     #: TensorBoard event files in RUN_DIR/tb, an MLflow run, or nothing more (pipelines/tracking.py)
@@ -276,6 +280,12 @@ class TrainConfig:
     tracking_uri: str = ""
     #: MLflow experiment the run is logged under (train.tracking=mlflow only)
     tracking_experiment: str = "sslpipe"
+    #: label-free metrics (RankMe, alignment, uniformity, per-dimension std) every monitor epoch on
+    #: a fixed random sample of this many curated pool images (0 = off)
+    monitor_pool_samples: int = 2048
+    #: warn when the per-dimension std of normalised features (1 = spread over the sphere,
+    #: 0 = every image mapped to one point) falls below this
+    collapse_std_threshold: float = 0.05
 
     def validate(self, path: str) -> None:
         _check(self.num_workers >= 0, f"{path}.num_workers", "an integer >= 0 (0 runs in the driver)")
@@ -317,6 +327,9 @@ class TrainConfig:
 
             missing = missing_client(self.tracking)
             _check(missing is None, f"{path}.tracking", f"a tracker whose client is installed: {missing}")
+        _check(self.monitor_pool_samples == 0 or self.monitor_pool_samples >= 16, f"{path}.monitor_pool_samples",
+               "0 (off) or an integer >= 16 (RankMe and uniformity need a sample, not a handful)")
+        _check(0 <= self.collapse_std_threshold < 1, f"{path}.collapse_std_threshold", "a number in [0, 1)")
 
 
 @dataclass
@@ -346,22 +359,61 @@ class DynamicConfig:
 
 @dataclass
 class EvalConfig:
+    """Downstream evaluation on a labelled set kept apart from the (usually unlabelled) pool.
+
+    ``bank_source`` (the kNN bank and the linear probe's training images) and ``query_source``
+    (held-out queries) are each an image folder (``root/<class>/*``), a directory of shards, a
+    glob or a uri; set both or neither. The online monitor, the evaluate stage and sweeps use
+    them. With neither (and a pool other than ``mnist-demo``, which brings its own) a run reports
+    label-free metrics only, and asking for a label-based evaluation is an error at load.
+    """
+
+    bank_source: Optional[str] = None
+    query_source: Optional[str] = None
+    #: cap on the images taken from each of bank_source and query_source when they are image
+    #: folders (a reproducible random subset; 0 = all): data.limit caps the pool only
+    limit: int = 0
     #: weighted kNN protocol (DINO's k=20, T=0.07 by default)
     knn_k: int = 20
     knn_temperature: float = 0.07
-    #: multinomial logistic regression on frozen, standardised features
-    linear_probe: bool = True
-    #: few-shot (1 % and 10 % of labels) random draws; 0 = off
-    few_shot_tries: int = 5
-    #: kNN accuracy drop under Gaussian noise, blur and JPEG at severities 1..5
-    robustness: bool = True
-    #: 2-D PCA + t-SNE plot of the held-out features
-    embedding_plot: bool = True
+    #: multinomial logistic regression on frozen, standardised features (null = on when there is a labelled set)
+    linear_probe: Optional[bool] = None
+    #: few-shot (1 % and 10 % of labels) random draws; 0 = off (null = 5 when there is a labelled set)
+    few_shot_tries: Optional[int] = None
+    #: kNN accuracy drop under Gaussian noise, blur and JPEG at severities 1..5 (null = on when labelled)
+    robustness: Optional[bool] = None
+    #: 2-D PCA + t-SNE plot of the held-out features, coloured by class (null = on when labelled)
+    embedding_plot: Optional[bool] = None
 
     def validate(self, path: str) -> None:
         _check(self.knn_k >= 1, f"{path}.knn_k", "an integer >= 1")
-        _check(self.few_shot_tries >= 0, f"{path}.few_shot_tries", "an integer >= 0 (0 = off)")
+        _check(self.few_shot_tries is None or self.few_shot_tries >= 0, f"{path}.few_shot_tries",
+               "an integer >= 0 (0 = off) or null")
         _check(self.knn_temperature > 0, f"{path}.knn_temperature", "a number > 0")
+        _check(self.limit >= 0, f"{path}.limit", "an integer >= 0 (0 = no limit)")
+        if (self.bank_source is None) != (self.query_source is None):
+            given, missing = ("bank_source", "query_source") if self.query_source is None else ("query_source",
+                                                                                                "bank_source")
+            raise ConfigError(
+                f"config key '{path.lstrip('.')}.{given}' is set but '{path.lstrip('.')}.{missing}' is not: set both "
+                "(bank_source: labelled kNN bank / linear-probe training images; query_source: labelled held-out "
+                "queries; e.g. DATA/train and DATA/test), or neither for label-free metrics only")
+
+    def label_based(self) -> dict[str, bool]:
+        """The label-based evaluations the user asked for explicitly (True) or switched off (False)."""
+        return {name: bool(value) for name, value in (
+            ("linear_probe", self.linear_probe), ("few_shot_tries", self.few_shot_tries),
+            ("robustness", self.robustness), ("embedding_plot", self.embedding_plot)) if value is not None}
+
+    def on_labelled_sets(self) -> dict[str, Any]:
+        """What runs when labelled sets are at hand: each key as set, or its default when null."""
+        return {"linear_probe": self.linear_probe is not False, "robustness": self.robustness is not False,
+                "embedding_plot": self.embedding_plot is not False,
+                "few_shot_tries": DEFAULT_FEW_SHOT_TRIES if self.few_shot_tries is None else self.few_shot_tries}
+
+
+#: few-shot draws when ``eval.few_shot_tries`` is null and a labelled set exists
+DEFAULT_FEW_SHOT_TRIES = 5
 
 
 @dataclass
@@ -383,12 +435,35 @@ class RunConfig:
 
     def validate(self, path: str = "") -> None:
         _check(bool(self.run_dir), "run_dir", "a non-empty path")
+        if not self.has_labelled_eval():
+            asked = [k for k, on in self.eval.label_based().items() if on]
+            if asked:
+                raise ConfigError(
+                    f"config key 'eval.{asked[0]}' needs labels, and this run has no labelled evaluation set: "
+                    f"set eval.bank_source and eval.query_source (labelled folders or shards), or remove "
+                    f"eval.{asked[0]} (without labels the run reports label-free metrics: RankMe, alignment, "
+                    f"uniformity, feature std)")
         if self.backbone.name.startswith("vit") or self.method.name in MASKED_IMAGE_METHODS:
             _check(self.data.image_size % self.backbone.patch_size == 0, "backbone.patch_size",
                    f"a divisor of data.image_size ({self.data.image_size}) for a ViT backbone")
 
+    def has_labelled_eval(self) -> bool:
+        """Whether kNN, the linear probe and the other label-based evaluations have a labelled set:
+        eval.bank_source + eval.query_source, or the demo pool's own held-out digits."""
+        return self.eval.query_source is not None or self.data.source == "mnist-demo"
+
+
 
 # --------------------------------------------------------------------------- loading
+
+
+#: keys that no longer exist, with what to write instead (a plain "unknown key" would not say)
+REPLACED_KEYS = {
+    "data.eval_source": "evaluation now uses a labelled set of its own, apart from the pool: set "
+    "eval.query_source (the labelled held-out queries, what data.eval_source was) and eval.bank_source (the "
+    "labelled kNN bank and linear-probe training images, e.g. eval.bank_source=DATA/train "
+    "eval.query_source=DATA/test), or neither for label-free metrics only",
+}
 
 
 def _check(ok: bool, key: str, allowed: str) -> None:
@@ -471,6 +546,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    for name in list(data):
+        dotted = f"{prefix}.{name}".lstrip(".")
+        if dotted in REPLACED_KEYS:
+            if data[name] is not None:
+                raise ConfigError(f"config key '{dotted}' was replaced: {REPLACED_KEYS[dotted]}")
+            data = {k: v for k, v in data.items() if k != name}  # null: nothing was set, nothing is lost
     unknown = sorted(set(data) - set(names))
     if unknown:
         where = f"'{prefix}'" if prefix else "the top level"
@@ -541,6 +622,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 raise ConfigError(f"config file {p} must hold a mapping of sections, got {type(loaded).__name__}")
             data = loaded
     return config_from_dict(apply_overrides(data, overrides or []))
+
+
+def upgrade_stored_config(data: dict[str, Any]) -> dict[str, Any]:
+    """A config stored by an earlier sslpipe (inside a checkpoint) in today's keys, so old checkpoints
+    still evaluate and export. ``data.eval_source`` held the queries, and the kNN bank was the labelled
+    pool: they become ``eval.query_source`` and ``eval.bank_source = data.source``."""
+    import copy
+
+    if not isinstance(data, dict):
+        return data  # config_from_dict says what is wrong with it
+    out = copy.deepcopy(data)
+    section = out.get("data")
+    if isinstance(section, dict) and "eval_source" in section:
+        queries = section.pop("eval_source")
+        ev = out.setdefault("eval", {})
+        if queries is not None and isinstance(ev, dict) and ev.get("query_source") is None:
+            ev["query_source"], ev["bank_source"] = queries, section.get("source")
+    return out
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

@@ -115,7 +115,7 @@ def _keep_keys(batch: dict[str, np.ndarray], keys: frozenset[str]) -> dict[str, 
 
 
 def _embeddings(paths: list[str], keys: list[str], out_dir: str, cfg: CurateConfig,
-                factory: Callable[[], Any]) -> np.ndarray:
+                factory: Callable[[], Any], intensity: str = "full_range") -> np.ndarray:
     """Embeddings of ``keys`` (in that order), from ``out_dir/embeddings.npy`` when it matches, else computed
     on a Ray Data actor pool and saved, so re-clustering with other parameters never re-embeds."""
     cache, cache_keys = storage.join(out_dir, "embeddings.npy"), storage.join(out_dir, "embedding_keys.json")
@@ -129,7 +129,7 @@ def _embeddings(paths: list[str], keys: list[str], out_dir: str, cfg: CurateConf
     # images are embedded as RGB (grayscale replicated), so one embedder serves every data set
     from curation.embed import collect_embeddings, embed_dataset  # torch: only when embedding
 
-    got_keys, emb = collect_embeddings(embed_dataset(ds, factory, cfg.embed_size, 3, cfg.embed_actors))
+    got_keys, emb = collect_embeddings(embed_dataset(ds, factory, cfg.embed_size, 3, cfg.embed_actors, intensity))
     position = {k: i for i, k in enumerate(got_keys)}  # a key repeated in a shard is embedded twice: keep one
     emb = emb[[position[k] for k in keys]]
     with storage.open_output(cache) as f:
@@ -148,7 +148,8 @@ def auto_levels(n: int) -> list[int]:
 
 
 def semantic_stages(manifest: pa.Table, paths: list[str], out_dir: str, cfg: CurateConfig,
-                    factory: Callable[[], Any], seed: int) -> tuple[pa.Table, dict[str, Any]]:
+                    factory: Callable[[], Any], seed: int, intensity: str = "full_range"
+                    ) -> tuple[pa.Table, dict[str, Any]]:
     """SemDeDup, then hierarchical k-means + balanced sampling, on the samples still kept."""
     from curation.balanced import balanced_sample
     from curation.hierarchical import hierarchical_kmeans
@@ -163,7 +164,7 @@ def semantic_stages(manifest: pa.Table, paths: list[str], out_dir: str, cfg: Cur
     info: dict[str, Any] = {}
     if len(candidates) < 2:
         return manifest, info
-    emb = _embeddings(paths, [keys[i] for i in candidates], out_dir, cfg, factory)
+    emb = _embeddings(paths, [keys[i] for i in candidates], out_dir, cfg, factory, intensity)
     # centre on the pool mean before cosine: embeddings (random-conv ones especially) share a large
     # common component that makes every pair look alike
     emb = emb - emb.mean(axis=0, keepdims=True)
@@ -215,6 +216,25 @@ def class_histograms(manifest: pa.Table) -> dict[str, list[int]] | None:
             "after": np.bincount(labels[kept & (labels >= 0)], minlength=n).tolist()}
 
 
+def label_counts(manifest: pa.Table) -> dict[str, dict[str, int]]:
+    """How many input and kept samples carry a label and how many do not: a pool may mix both
+    (labels are kept in the manifest and used only for reporting, never to curate)."""
+    labelled = np.array(manifest.column("label").to_pylist(), dtype=np.int64) >= 0
+    kept = np.array(manifest.column("kept").to_pylist(), dtype=bool)
+    return {"input": {"labelled": int(labelled.sum()), "unlabelled": int((~labelled).sum())},
+            "kept": {"labelled": int((labelled & kept).sum()), "unlabelled": int((~labelled & kept).sum())}}
+
+
+def curated_shard_name(source: str) -> str:
+    """Curated shards are plain tars whatever the input format: NAME.parquet, NAME.tar.gz and NAME.tgz
+    all become NAME.tar (a compressed name on an uncompressed tar would be read through gunzip)."""
+    name = Path(source).name
+    for suffix in (".tar.gz", ".tgz", ".parquet", ".tar"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)] + ".tar"
+    return name + ".tar"
+
+
 def _write_curated_shard(source: str, out_path: str, kept_keys: list[str], env: dict[str, str] | None = None) -> int:
     """Copy the kept samples of one input shard into ``out_path`` (local or uri; skipped if it exists).
 
@@ -241,17 +261,19 @@ def curate(
     *,
     embedder_factory: Callable[[], Any] | None = None,
     seed: int = 0,
+    intensity: str = "full_range",
 ) -> CurationResult:
     """Run both passes; returns where the manifest, summary and curated shards are.
 
     ``out_dir`` is a local folder or an object-store uri. ``embedder_factory`` builds the embedding
     model on each actor (default: the weights-free random conv net); it is used only when SemDeDup
-    or balancing is on.
+    or balancing is on. ``intensity`` (``data.intensity``) is how 16-bit/float images are scaled
+    wherever curation decodes.
     """
     t0 = time.time()
     paths = shard_location if isinstance(shard_location, list) else list_shards(shard_location)
     out_dir = str(out_dir)
-    rules = ValidationRules(cfg.min_side, cfg.max_aspect, cfg.max_pixels, cfg.min_pixel_std)
+    rules = ValidationRules(cfg.min_side, cfg.max_aspect, cfg.max_pixels, cfg.min_pixel_std, intensity)
     print(f"[curate] pass 1/2: decode, validate and hash {len(paths)} shard(s)", flush=True)
     meta = _collect_metadata(paths, rules, cfg.near_dedup_max_shift if cfg.near_dedup else 0)
     manifest = decide(meta, cfg)
@@ -260,7 +282,7 @@ def curate(
         from curation.embed import random_conv_embedder  # torch is imported only when an embedding stage is on
 
         manifest, stage_info = semantic_stages(manifest, paths, out_dir, cfg, embedder_factory or random_conv_embedder,
-                                               seed)
+                                               seed, intensity)
     check_conservation(manifest.column("key").to_pylist(), manifest)
     manifest_path = write_table_atomic(manifest, storage.join(out_dir, "manifest.parquet"))
     t1 = time.time()
@@ -274,8 +296,7 @@ def curate(
             kept_by_source[source].append(key)
     shard_dir = storage.join(out_dir, "shards")
     write_task = ray.remote(num_cpus=1)(_write_curated_shard)
-    # curated shards are tars whatever the input format (a parquet input shard becomes NAME.tar)
-    outputs = [storage.join(shard_dir, Path(p).stem + ".tar" if p.endswith(".parquet") else Path(p).name) for p in paths]
+    outputs = [storage.join(shard_dir, curated_shard_name(p)) for p in paths]
     env = storage.storage_env()
     refs = [write_task.remote(p, o, kept_by_source[p], env) for p, o in zip(paths, outputs) if kept_by_source[p]]
     ray.get(refs)
@@ -291,6 +312,7 @@ def curate(
         "shards_in": len(paths),
         "shards_out": len(curated),
         "seconds": {"pass1_inspect_and_decide": round(t1 - t0, 2), "pass2_write": round(time.time() - t1, 2)},
+        "labels": label_counts(manifest),
         **stage_info,
     }
     hist = class_histograms(manifest)

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray
 import ray.train
 import torch
@@ -31,10 +30,11 @@ import storage
 from pipelines.allocator import allocator_in_use, resolve_allocator
 from pipelines.config import RunConfig, config_from_dict, config_to_dict
 from pipelines.console import say
-from pipelines.device import autocast as autocast_on, module_device, resolve_precision, train_device
+from pipelines.device import autocast as autocast_on, resolve_precision, train_device
 from pipelines.dynamic import PruningRound, select_subset
 from pipelines.models import build_method_from_config, forward_takes_index, view_recipe
 from pipelines.tracking import open_tracker
+from pipelines.monitor import MonitorSets, OnlineMonitor
 from ssl_models.augment import RENDERERS
 from ssl_models.optim import LARS, lars_param_groups
 from ssl_models.schedules import SCHEDULES
@@ -96,54 +96,6 @@ def _latest_local_checkpoint(root: str) -> Checkpoint | None:
         if name.startswith("epoch_") and storage.is_file(storage.join(root, name, CHECKPOINT_FILE)):
             return _checkpoint_at(storage.join(root, name))
     return None
-
-
-def _load_monitor_queries(limit: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The held-out labelled set for the online kNN monitor (rank 0 only), or None if not given."""
-    try:
-        shard = ray.train.get_dataset_shard("val")
-    except (KeyError, ValueError):
-        return None
-    if shard is None:
-        return None
-    images, labels = [], []
-    for batch in shard.iter_torch_batches(batch_size=512, dtypes={"image": torch.uint8, "label": torch.int64}):
-        keep = batch["label"] >= 0
-        images.append(batch["image"][keep].permute(0, 3, 1, 2).contiguous())
-        labels.append(batch["label"][keep])
-        if sum(len(x) for x in labels) >= limit:
-            break
-    if not images:
-        return None
-    return torch.cat(images)[:limit], torch.cat(labels)[:limit]
-
-
-@torch.no_grad()
-def _online_knn(backbone: torch.nn.Module, bank: tuple[torch.Tensor, torch.Tensor],
-                queries: tuple[torch.Tensor, torch.Tensor], cfg: RunConfig) -> float:
-    """kNN top-1 of the current backbone: labelled training images as bank, held-out images as queries.
-
-    SSL losses are not comparable across temperatures or methods, so this, not the
-    loss, is what sweeps and early stopping rank trials by.
-    """
-    from pipelines.evaluation.knn import KnnProtocol, knn_accuracy
-    from ssl_models.augment import normalize_batch
-
-    recipe = view_recipe(cfg)
-    was_training = backbone.training
-    backbone.eval()
-
-    device = module_device(backbone)
-
-    def feats(x: torch.Tensor) -> np.ndarray:
-        return torch.cat([backbone(normalize_batch(x[i : i + 512].to(device), recipe)).float().cpu()
-                          for i in range(0, len(x), 512)]).numpy()
-
-    protocol = KnnProtocol(cfg.eval.knn_k, cfg.eval.knn_temperature, "online")
-    with eager_only():  # a compiled backbone would recompile for eval mode and each chunk size
-        acc = knn_accuracy(feats(bank[0]), bank[1].numpy(), feats(queries[0]), queries[1].numpy(), protocol)
-    backbone.train(was_training)
-    return acc
 
 
 def _build_optimizer(method: torch.nn.Module, tc: Any) -> torch.optim.Optimizer:
@@ -277,12 +229,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     nodes = _count_nodes()
     if rank == 0:
         say(f"[pretrain] {world} worker(s) on {nodes} node(s), {device.type}, {precision}, malloc: {allocator_in_use()}")
-    monitor = None
-    if rank == 0 and tc.knn_monitor_every > 0 and loop_config.get("has_val", True):
-        queries = _load_monitor_queries(tc.knn_monitor_queries)
-        labelled = torch.nonzero(labels >= 0).flatten()[: tc.knn_monitor_bank]
-        if queries is not None and len(labelled) > 0:
-            monitor = ((images[labelled], labels[labelled]), queries)
+    monitor = OnlineMonitor.start(cfg, rank, loop_config)  # its own sampled sets, never this worker's pool
     steps_per_epoch = len(images) // local_batch  # on the full pool: it fixes the step budget
     if steps_per_epoch == 0:
         raise RuntimeError(f"worker shard of {len(images)} images is smaller than the local batch {local_batch}")
@@ -363,9 +310,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             "nodes": nodes,
         }
         metrics.update({f"prune_{k}": v for k, v in round_info.items() if isinstance(v, (int, float))})
-        if tc.knn_monitor_every and epoch % tc.knn_monitor_every == 0:
-            # every rank reports the same keys; only rank 0 holds the monitor data
-            metrics["knn_top1"] = _online_knn(_unwrap(model).backbone, *monitor, cfg) if monitor else float("nan")
+        metrics.update(monitor.epoch_metrics(_unwrap(model).backbone, epoch))  # same keys on every rank
         history.append(metrics)
         tracker.log_epoch(metrics)
         elapsed = time.time() - t_start
@@ -375,7 +320,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             say(
                 f"[pretrain] epoch {epoch}  step {step}/{total_steps}  loss {metrics['loss']:.4f}  lr {lr:.2e}  "
                 f"{metrics['images_per_s']:.0f} img/s"
-                + (f"  knn {metrics['knn_top1']:.3f}" if "knn_top1" in metrics else "")
+                + monitor.describe(metrics)
                 + (f"  pruned to {metrics['active_samples']} ({round_info['round_seconds']:.1f}s)" if round_info else "")
                 + f"  elapsed {elapsed:.0f}s  eta {eta:.0f}s"
                 + ("  (time budget reached, stopping)" if stop else "")
@@ -424,14 +369,15 @@ def pretrain(
     cfg: RunConfig,
     dataset: "ray.data.Dataset",
     run_dir: str | Path,
-    val_dataset: "ray.data.Dataset | None" = None,
+    monitor: MonitorSets | None = None,
     *,
     name: str = "pretrain",
     callbacks: list[Any] | None = None,
 ) -> PretrainResult:
     """Fit ``cfg.method`` on ``dataset`` (rows: image uint8 HWC, label) with Ray Train.
 
-    ``val_dataset`` (same schema, labelled) feeds the online kNN monitor; it is not split across workers.
+    ``monitor``: the online monitor's sets (pipelines/monitor.py: a labelled bank and queries for
+    kNN, a pool sample for the label-free metrics); they are not split across workers.
     ``name`` is the Ray Train run name under ``run_dir`` (a sweep passes its trial id, so a re-run of the
     trial resumes); ``callbacks`` go to the Train RunConfig (a sweep passes Tune's TuneReportCallback).
 
@@ -455,6 +401,7 @@ def pretrain(
         say(f"[pretrain] workers' malloc: {allocator.name}" + (f" ({allocator.library})" if allocator.library else ""))
     if tc.num_workers > 1:
         dataset = iid_worker_split(dataset, cfg.seed)
+    monitor_datasets = monitor.datasets() if monitor is not None else {}
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={
@@ -462,7 +409,7 @@ def pretrain(
             # ScalingConfig(num_workers=0) runs in this process and persists no checkpoints itself
             "local_checkpoint_dir": storage.join(run_dir, name, "local_checkpoints") if tc.num_workers == 0 else None,
             # told, not probed: Ray's in-process mode asserts on a missing dataset shard
-            "has_val": val_dataset is not None,
+            "monitor_sets": sorted(monitor_datasets),
             "run_dir": str(run_dir),  # rank 0 writes metrics.jsonl, tb/ there as each epoch ends
         },
         scaling_config=ScalingConfig(
@@ -477,7 +424,7 @@ def pretrain(
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             worker_runtime_env={"env_vars": worker_env} if worker_env else None,
         ),
-        datasets={"train": dataset, **({"val": val_dataset} if val_dataset is not None else {})},
+        datasets={"train": dataset, **monitor_datasets},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
     try:

@@ -73,6 +73,52 @@ def _read_manifest(location: str | Path, columns: list[str]) -> "pa.Table":
     return pq.read_table(path, columns=columns, filesystem=fs)
 
 
+LABEL_FREE_METRICS = (("rankme", "RankMe (higher: more directions used)"),
+                      ("alignment", "alignment (lower: views closer)"),
+                      ("uniformity", "uniformity (lower: more spread)"),
+                      ("feature_std", "per-dimension std (0 = collapsed)"))
+
+
+def label_free_plot(history: list[dict[str, Any]]) -> str | None:
+    """One panel per label-free metric over the epochs the monitor scored."""
+    rows = [h for h in history if h.get("rankme") == h.get("rankme") and "rankme" in h]
+    if not rows:
+        return None
+    fig, axes = plt.subplots(1, len(LABEL_FREE_METRICS), figsize=(4 * len(LABEL_FREE_METRICS), 2.8), squeeze=False)
+    for ax, (key, title) in zip(axes[0], LABEL_FREE_METRICS):
+        points = [(h["epoch"], h[key]) for h in rows if key in h]
+        if points:
+            ax.plot(*zip(*points), marker="o", ms=3, color="#4c72b0")
+        ax.set(xlabel="epoch", title=title)
+        ax.title.set_fontsize(9)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png_uri(fig)
+
+
+def label_free_section(free: dict[str, Any], labelled: bool) -> str:
+    """The final encoder's label-free metrics next to its random initialisation."""
+    p, r = free["pretrained"], free["random_init"]
+    rows = [[title.split(" (")[0], f"{r[key]:.4f}", f"{p[key]:.4f}"] for key, title in LABEL_FREE_METRICS if key in p]
+    head = "<h2>Label-free metrics</h2>" if labelled else "<h2>What was learned (no labelled evaluation set)</h2>"
+    better = p["rankme"] > r["rankme"]
+    verdict = (f"<p class='{'verdict' if better else 'verdict warn'}'>RankMe (effective rank of the embeddings) "
+               f"<b>{p['rankme']:.1f}</b> after pretraining, {r['rankme']:.1f} at random initialisation; feature std "
+               f"{p['feature_std']:.3f}.</p>")
+    note = "" if labelled else ("<p>This run has no labelled evaluation set (eval.bank_source / eval.query_source), "
+                                "so no accuracy is reported; these are the figures that stand in for it.</p>")
+    return (head + verdict + note + f"<p>{html.escape(free['protocol'])}.</p>"
+            + _table(rows, ["metric", "random init", "pretrained"]))
+
+
+def _skipped_sentence(ev: dict[str, Any]) -> str:
+    skipped = ev.get("unlabelled_skipped") or {}
+    if not any(skipped.values()):
+        return ""
+    return (f"; {skipped.get('bank', 0)} bank and {skipped.get('queries', 0)} query images without a label were "
+            f"left out")
+
+
 def removed_grid(manifest_path: str | Path, per_reason: int = 8) -> str | None:
     """A grid of removed samples, one row per reason, next to the sample each duplicates."""
     table = _read_manifest(manifest_path, ["key", "source", "reason", "duplicate_of", "kept"])
@@ -214,7 +260,7 @@ def evaluation_sections(ev: dict[str, Any]) -> list[str]:
     if "per_class" in ev:
         pc = ev["per_class"]
         out.append("<h3>Per-class and head / medium / tail accuracy</h3><p>Classes split in thirds by their number of "
-                   "curated training images.</p>" + _table(
+                   "images in the evaluation bank.</p>" + _table(
                        [[g, f"{pc[g]:.4f}" if pc[g] == pc[g] else "n/a", pc["n_classes"].get(g, 0)] for g in ("head", "medium", "tail")],
                        ["group", "mean per-class accuracy", "classes"])
                    + f"<img src='{per_class_plot(pc['per_class'])}'>")
@@ -314,7 +360,7 @@ def build_report(run_dir: str | Path) -> Path:
     parts = [f"<h1>sslpipe run report</h1><p>Run directory: <code>{html.escape(str(shown))}</code></p>"]
 
     ev = stages.get("evaluate")
-    if ev:
+    if ev and "knn_top1" in ev:
         knn = ev["knn_top1"]
         figures["knn"] = ev
         gain, vs_raw = ev["gain_over_random_init"], ev["gain_over_raw_pixels"]
@@ -326,11 +372,15 @@ def build_report(run_dir: str | Path) -> Path:
             f"<h2>What was learned</h2><p class='{cls}'>The pretrained encoder reaches kNN top-1 "
             f"<b>{knn['pretrained']:.3f}</b>, {gain * 100:+.1f} points over the same encoder at random "
             f"initialisation ({knn['random_init']:.3f}) and {raw_sentence} ({knn['raw_pixels']:.3f}).</p>"
-            f"<p>Protocol: {html.escape(ev['protocol'])}; bank = {ev['bank_size']} curated labelled training images, "
-            f"queries = {ev['test_size']} held-out images.</p>"
+            f"<p>Protocol: {html.escape(ev['protocol'])}; bank = {ev['bank_size']} labelled images of the evaluation "
+            f"set's bank, queries = {ev['test_size']} held-out labelled images (both apart from the training pool"
+            f"{_skipped_sentence(ev)}).</p>"
             + _table([[k, f"{v:.4f}"] for k, v in knn.items()], ["encoder", "kNN top-1"])
             + f"<img src='{knn_plot(knn, ev['protocol'])}'>"
         )
+    if ev and "label_free" in ev:
+        figures["label_free"] = ev["label_free"]
+        parts.append(label_free_section(ev["label_free"], labelled="knn_top1" in ev))
     if ev:
         parts.extend(evaluation_sections(ev))
     pt = stages.get("pretrain")
@@ -344,6 +394,13 @@ def build_report(run_dir: str | Path) -> Path:
             f"last epoch {last.get('images_per_s', 0):.0f} images/s.</p>"
             + (f"<img src='{loss_plot(hist)}'>" if hist else "")
         )
+        curves = label_free_plot(hist)
+        if curves:
+            parts.append("<h3>Label-free metrics per epoch</h3><p>On a fixed random sample of the curated pool "
+                         "(pipelines/monitor.py): RankMe, effective rank of the embeddings (Garrido et al. 2023, "
+                         "higher is better); alignment of two augmented views and uniformity on the sphere (Wang and "
+                         "Isola 2020, lower is better for both); per-dimension std of the normalised features "
+                         "(about 1 = spread, 0 = collapsed).</p>" + f"<img src='{curves}'>")
         rounds_plot = pruning_rounds_plot(hist)
         if rounds_plot:
             parts.append("<h3>Dynamic pruning rounds</h3><p>Each round re-embeds the pool with the current backbone, "
@@ -353,10 +410,14 @@ def build_report(run_dir: str | Path) -> Path:
     if cu:
         figures["curation"] = cu["summary"]
         summary = cu["summary"]
+        labels = summary.get("labels")
+        label_sentence = (f" Labels: {labels['input']['labelled']} labelled and {labels['input']['unlabelled']} "
+                          f"unlabelled in the input, {labels['kept']['labelled']} and {labels['kept']['unlabelled']} "
+                          f"kept (pool labels are reported, never used to curate or train)." if labels else "")
         parts.append(
             f"<h2>Curation</h2><p>{summary['input']} input samples: <b>{summary['kept']} kept</b>, "
             f"{summary['removed']} removed (kept + removed = input; every key once in "
-            f"<code>manifest.parquet</code>).</p>"
+            f"<code>manifest.parquet</code>).{label_sentence}</p>"
             + _table([[r, n] for r, n in summary["reasons"].items()], ["reason", "samples"])
         )
         plot = before_after_plot(summary)

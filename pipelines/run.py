@@ -66,10 +66,12 @@ def check_locations(cfg: RunConfig) -> None:
     written. Each failure is one InputError line naming the uri (masked) and the fix."""
     from pipelines.sources import list_uri_shards
 
-    for uri in (cfg.data.source, cfg.data.eval_source, cfg.run_dir):
+    sources = (("data.source", cfg.data.source), ("eval.bank_source", cfg.eval.bank_source),
+               ("eval.query_source", cfg.eval.query_source))
+    for _, uri in (*sources, ("run_dir", cfg.run_dir)):
         if uri:  # before anything (config.yaml, stage records) could copy a secret to disk
             storage.refuse_credentials(str(uri))
-    for setting, location in (("data.source", cfg.data.source), ("data.eval_source", cfg.data.eval_source)):
+    for setting, location in sources:
         if location and storage.is_uri(location):
             list_uri_shards(location, setting)
     storage.check_writable(cfg.run_dir, "run_dir")
@@ -129,9 +131,12 @@ def _partial_report(run: RunDir) -> Path | str:
 def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, until: str = "report") -> Path | str:
     """Run the chain up to and including ``until``; returns the run directory (a ``Path``, or the uri)."""
     from pipelines.curate import curate
-    from pipelines.evaluate import full_evaluation, load_labelled
+    from pipelines.evaluate import full_evaluation, label_free_evaluation, load_labelled
+    from pipelines.eval_sets import index_eval_sets
+    from pipelines.monitor import monitor_sets_for_run
     from pipelines.pretrain import load_backbone, pretrain
     from pipelines.sources import resolve_sources
+    from pipelines.eval_sets import resolve_eval_sets
     from curation.ingest import read_decoded
 
     if until not in STAGES:
@@ -143,16 +148,19 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
     stop_after = STAGES.index(until)
 
     def pool() -> dict[str, Any]:
-        shards, eval_shards = resolve_sources(cfg, run.join("pool"))
-        return {"shards": shards, "eval_shards": eval_shards}
+        shards, demo_queries = resolve_sources(cfg, run.join("pool"))
+        sets = resolve_eval_sets(cfg, run.join("pool"), demo_queries, shards)
+        return {"shards": shards, "bank_shards": sets.bank, "query_shards": sets.queries}
 
     pool_rec = _stage(run, "pool", resume, pool)  # before Ray starts: bad input fails fast
     if stop_after < 1:
         return run.path
     ensure_ray(cfg.ray)
+    # the whole labelled evaluation set's keys and labels: checked (labels present) before any curation
+    labelled = index_eval_sets(cfg, pool_rec) if (run.record("pretrain") is None or not resume) else None
 
     def do_curate() -> dict[str, Any]:
-        res = curate(pool_rec["shards"], run.join("curated"), cfg.curate)
+        res = curate(pool_rec["shards"], run.join("curated"), cfg.curate, intensity=cfg.data.intensity)
         return {"manifest": str(res.manifest_path), "shards": res.shard_paths, "summary": res.summary}
 
     cur_rec = _stage(run, "curate", resume, do_curate)
@@ -160,9 +168,9 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
         return _partial_report(run)
 
     def do_pretrain() -> dict[str, Any]:
-        ds = read_decoded(cur_rec["shards"], cfg.data.image_size, cfg.data.channels).select_columns(["image", "label"])
-        val = read_decoded(pool_rec["eval_shards"], cfg.data.image_size, cfg.data.channels).select_columns(["image", "label"])
-        res = pretrain(cfg, ds, run.location, val_dataset=val)
+        d = cfg.data
+        ds = read_decoded(cur_rec["shards"], d.image_size, d.channels, d.intensity).select_columns(["image", "label"])
+        res = pretrain(cfg, ds, run.location, monitor_sets_for_run(cfg, pool_rec, cur_rec, labelled))
         hist = res.history
         storage.write_text(run.join("metrics.jsonl"), "".join(json.dumps(h) + "\n" for h in hist))
         desc = (
@@ -177,19 +185,28 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
         return _partial_report(run)
 
     def do_evaluate() -> dict[str, Any]:
-        bank = load_labelled(cur_rec["shards"], cfg)
-        test = load_labelled(pool_rec["eval_shards"], cfg)
         backbone = load_backbone(cfg, pt_rec["checkpoint"])
-        # plots are drawn into a local folder; a bucket run directory then keeps its own copy
-        rep = full_evaluation(cfg, backbone, bank, test, storage.scratch_dir(run.location) if run.remote else run.path)
-        if run.remote and rep.get("embedding_plot"):
-            rep["embedding_plot"] = storage.put_file(rep["embedding_plot"], run.join(Path(rep["embedding_plot"]).name))
-        knn = rep["knn_top1"]
-        print(
-            f"[evaluate] {rep['protocol']}: raw pixels {knn['raw_pixels']:.3f}  random init {knn['random_init']:.3f}"
-            f"  pretrained {knn['pretrained']:.3f}  (gain {rep['gain_over_random_init'] * 100:+.1f} points)",
-            flush=True,
-        )
+        rep: dict[str, Any] = {}
+        if pool_rec.get("query_shards"):
+            bank = load_labelled(pool_rec["bank_shards"], cfg)
+            test = load_labelled(pool_rec["query_shards"], cfg)
+            # plots are drawn into a local folder; a bucket run directory then keeps its own copy
+            rep = full_evaluation(cfg, backbone, bank, test, storage.scratch_dir(run.location) if run.remote else run.path)
+            if run.remote and rep.get("embedding_plot"):
+                rep["embedding_plot"] = storage.put_file(rep["embedding_plot"], run.join(Path(rep["embedding_plot"]).name))
+            knn = rep["knn_top1"]
+            print(
+                f"[evaluate] {rep['protocol']}: raw pixels {knn['raw_pixels']:.3f}  random init {knn['random_init']:.3f}"
+                f"  pretrained {knn['pretrained']:.3f}  (gain {rep['gain_over_random_init'] * 100:+.1f} points)",
+                flush=True,
+            )
+        free = label_free_evaluation(cfg, backbone, cur_rec)
+        if free is not None:
+            rep["label_free"] = free
+            p, r = free["pretrained"], free["random_init"]
+            print(f"[evaluate] label-free on {free['sample_size']} pool images: RankMe {p['rankme']:.1f} (random init "
+                  f"{r['rankme']:.1f}), alignment {p['alignment']:.3f}, uniformity {p['uniformity']:.3f}, "
+                  f"feature std {p['feature_std']:.3f}", flush=True)
         return rep
 
     _stage(run, "evaluate", resume, do_evaluate)

@@ -328,29 +328,31 @@ def resolve_location(location: str, dest: str | Path, cfg: RunConfig) -> list[st
     return shard_folder(path, dest, cfg.data.shard_size, cfg.data.limit)
 
 
-def _demo_pool_in(cfg: RunConfig, pool_dir: str) -> tuple[list[str], list[str]]:
-    """The demo pool under an object-store run directory: built in a local scratch folder, uploaded
-    (a shard already there is kept: written whole or not at all), then the local copy removed."""
-    local = storage.scratch_dir(pool_dir)
+def built_in(dest: str | Path, build: Callable[[Path], list[list[str]]]) -> list[list[str]]:
+    """Shard lists written by ``build(folder)``: into ``dest`` itself when it is local; under an
+    object-store run directory into a local scratch folder, then uploaded (a shard already there is
+    kept: written whole or not at all) and the local copy removed."""
+    if not storage.is_uri(dest):
+        return build(Path(dest))
+    local = storage.scratch_dir(str(dest))
     try:
-        built = build_demo_pool(cfg, local)
         uploaded: list[list[str]] = []
-        for paths in built:
-            targets = [storage.join(pool_dir, *Path(p).relative_to(local).parts) for p in paths]
+        for paths in build(local):
+            targets = [storage.join(str(dest), *Path(p).relative_to(local).parts) for p in paths]
             for path, target in zip(paths, targets):
                 if not storage.is_file(target):
                     storage.put_file(path, target)
             uploaded.append(targets)
-        return uploaded[0], uploaded[1]
+        return uploaded
     finally:
         shutil.rmtree(local, ignore_errors=True)
 
 
 def resolve_sources(cfg: RunConfig, pool_dir: str | Path) -> tuple[list[str], list[str]]:
-    """(pool shards, eval shards) for the configured source; ``pool_dir`` (local or uri) receives what is written."""
+    """(pool shards, the demo's held-out digits or []) for the configured source; ``pool_dir`` (local or
+    uri) receives what is written. The labelled evaluation set (eval.bank_source / eval.query_source)
+    is resolved by pipelines/eval_sets.py."""
     if cfg.data.source == DEMO_SOURCE:
-        return _demo_pool_in(cfg, str(pool_dir)) if storage.is_uri(pool_dir) else build_demo_pool(cfg, Path(pool_dir))
-    if cfg.data.eval_source is None:
-        raise InputError("data.eval_source is not set: name a labelled held-out folder or shards for evaluation")
-    return (resolve_location(cfg.data.source, storage.join(pool_dir, "shards"), cfg),
-            resolve_location(cfg.data.eval_source, storage.join(pool_dir, "eval"), cfg))
+        pool, held_out = built_in(pool_dir, lambda folder: list(build_demo_pool(cfg, folder)))
+        return pool, held_out
+    return resolve_location(cfg.data.source, storage.join(pool_dir, "shards"), cfg), []

@@ -15,8 +15,9 @@ Why it is built this way (Ray 2.60, Train V2):
   torch imported), and the trial forwards each epoch to Tune from the checkpoints
   the loop writes. Checkpoints carry the whole metric history, so no epoch is
   missed however slowly we poll.
-* Trials are ranked by online kNN top-1, never by the SSL loss: losses are not
-  comparable across temperatures. ASHA and PBT use ``epoch`` as their clock,
+* Trials are ranked by the online monitor (pipelines/monitor.py), never by the SSL
+  loss: losses are not comparable across temperatures. ``metric:`` is knn_top1 on
+  the labelled evaluation set where there is one, else rankme (label-free). ASHA and PBT use ``epoch`` as their clock,
   so a trial restarted after an interrupted sweep stays on the same clock.
 * PBT needs Tune-level checkpoints (it copies a good trial's weights into a weak
   one and perturbs its temperature, giving a temperature schedule); only the
@@ -49,8 +50,15 @@ from pipelines.config import ConfigError, RunConfig, apply_overrides, config_fro
 
 DOMAIN_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 SCHEDULERS = ("asha", "pbt", "fifo")
-#: what trials may be ranked by: accuracies only, since SSL losses differ in scale across temperatures
-RANKABLE_METRICS = ("knn_top1",)
+#: what trials may be ranked by, and which way is better. Never the SSL loss (its scale differs across
+#: temperatures and methods). knn_top1 needs a labelled evaluation set; rankme and uniformity need none
+#: (pipelines/evaluation/label_free.py). Not alignment alone (a collapsed encoder aligns perfectly) nor
+#: feature_std (a collapse alarm, not a measure of quality).
+RANKABLE_METRICS = {"knn_top1": "max", "rankme": "max", "uniformity": "min"}
+METRIC_NAMES = {"knn_top1": "online kNN top-1", "rankme": "RankMe", "uniformity": "uniformity"}
+REFUSED_METRICS = {"alignment": "alignment alone is minimised by a collapsed encoder (every image on one point)",
+                   "feature_std": "feature_std is a collapse alarm, not a measure of quality",
+                   "loss": "SSL losses are not comparable across temperatures or methods"}
 TOP_LEVEL_KEYS = ("base", "config", "overrides", "search", "scheduler", "num_samples", "max_concurrent", "metric",
                   "mode", "name", "storage_path")
 
@@ -242,19 +250,18 @@ def parse_search_space(data: dict[str, Any], base_dir: Path, overrides: list[str
     base = config_from_dict(base_data)
     if base.train.knn_monitor_every != 1:
         raise _fail("train.knn_monitor_every", f"is {base.train.knn_monitor_every}",
-                    "sweeps rank trials by the online kNN every epoch: set it to 1")
+                    "sweeps rank trials by the online monitor every epoch: set it to 1")
     base_dict = config_to_dict(base)
     raw_search = data.get("search")
     if not isinstance(raw_search, dict) or not raw_search:
         raise _fail("search", f"got {raw_search!r}", "map dotted config keys to domains, e.g. "
                     "search: {method.temperature: {grid: [0.1, 0.5]}}")
     search = {str(k): _parse_domain(str(k), v, base_dict) for k, v in raw_search.items()}
-    metric = data.get("metric", "knn_top1")
-    if metric not in RANKABLE_METRICS:
-        raise _fail("metric", f"got {metric!r}", "rank by knn_top1 (SSL losses are not comparable across "
-                    "temperatures or methods)")
-    if data.get("mode", "max") != "max":
-        raise _fail("mode", f"got {data.get('mode')!r}", "knn_top1 is an accuracy: use max")
+    metric = _choose_metric(data.get("metric"), base)
+    mode = RANKABLE_METRICS[metric]
+    if data.get("mode", mode) != mode:
+        raise _fail("mode", f"got {data.get('mode')!r}", f"{metric} is better when {'higher' if mode == 'max' else 'lower'}: "
+                    f"use {mode} (or leave mode out)")
     num_samples, max_concurrent = data.get("num_samples", 1), data.get("max_concurrent", 0)
     if not isinstance(num_samples, int) or num_samples < 1:
         raise _fail("num_samples", f"got {num_samples!r}", "use an integer >= 1 (grids are multiplied by it)")
@@ -264,8 +271,29 @@ def parse_search_space(data: dict[str, Any], base_dir: Path, overrides: list[str
     if not name or "/" in name or name.startswith("."):
         raise _fail("name", f"got {name!r}", "use a plain folder name")
     return SweepSpec(base=base, search=search, scheduler=_parse_scheduler(data.get("scheduler"), search, base),
-                     num_samples=num_samples, max_concurrent=max_concurrent, metric=metric, mode="max", name=name,
+                     num_samples=num_samples, max_concurrent=max_concurrent, metric=metric, mode=mode, name=name,
                      storage_path=data.get("storage_path"), source=source)
+
+
+def _choose_metric(raw: Any, base: RunConfig) -> str:
+    """The metric trials are ranked by: as written, else knn_top1 with a labelled evaluation set and
+    rankme without. Asking for kNN without labels fails here, at load, not after every trial trained."""
+    labelled = base.has_labelled_eval()
+    metric = raw if raw is not None else ("knn_top1" if labelled else "rankme")
+    allowed = (f"rank by knn_top1 (needs eval.bank_source and eval.query_source), rankme (max) or "
+               f"uniformity (min)")
+    if metric in REFUSED_METRICS:
+        raise _fail("metric", f"got {metric!r}: {REFUSED_METRICS[metric]}", allowed)
+    if metric not in RANKABLE_METRICS:
+        raise _fail("metric", f"got {metric!r}", allowed)
+    if metric == "knn_top1" and not labelled:
+        raise _fail("metric", "knn_top1 needs a labelled evaluation set and this base config has none",
+                    "set eval.bank_source and eval.query_source (labelled folders or shards), or rank by rankme "
+                    "(label-free)")
+    if metric != "knn_top1" and base.train.monitor_pool_samples == 0:
+        raise _fail("metric", f"{metric} is computed on the monitor's pool sample, and train.monitor_pool_samples is 0",
+                    "set train.monitor_pool_samples (e.g. 2048) or rank by knn_top1")
+    return metric
 
 
 def load_search_space(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
@@ -438,17 +466,17 @@ def _pretrain_task():
     import ray
 
     @ray.remote(num_cpus=0)
-    def run_pretrain(cfg_dict: dict[str, Any], train_ds: Any, val_ds: Any, trial_dir: str, name: str,
+    def run_pretrain(cfg_dict: dict[str, Any], train_ds: Any, monitor_sets: Any, trial_dir: str, name: str,
                      owner_pid: int) -> list:
         from pipelines.pretrain import pretrain
 
         _exit_when_gone(owner_pid)
-        return pretrain(config_from_dict(cfg_dict), train_ds, trial_dir, val_ds, name=name).history
+        return pretrain(config_from_dict(cfg_dict), train_ds, trial_dir, monitor_sets, name=name).history
 
     return run_pretrain
 
 
-def _train_in_helper(cfg: RunConfig, train_ds: Any, val_ds: Any, trial_dir: Path, run_name: str,
+def _train_in_helper(cfg: RunConfig, train_ds: Any, monitor_sets: Any, trial_dir: Path, run_name: str,
                     params: dict[str, Any], with_checkpoints: bool) -> int:
     """In-process trial: pretrain in a helper task on this node; forward epochs as checkpoints appear."""
     import ray
@@ -459,7 +487,7 @@ def _train_in_helper(cfg: RunConfig, train_ds: Any, val_ds: Any, trial_dir: Path
     pending = _pretrain_task().options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
         max_retries=0,
-    ).remote(config_to_dict(cfg), train_ds, val_ds, str(trial_dir), run_name, os.getpid())
+    ).remote(config_to_dict(cfg), train_ds, monitor_sets, str(trial_dir), run_name, os.getpid())
     seen = 0
     try:
         while True:
@@ -477,13 +505,13 @@ def _train_in_helper(cfg: RunConfig, train_ds: Any, val_ds: Any, trial_dir: Path
     return _report_epochs(history, reported, params, ckpt_dir, with_checkpoints)
 
 
-def _train_with_ray_train(cfg: RunConfig, train_ds: Any, val_ds: Any, trial_dir: Path, run_name: str) -> int:
+def _train_with_ray_train(cfg: RunConfig, train_ds: Any, monitor_sets: Any, trial_dir: Path, run_name: str) -> int:
     """DDP trial: the supported Train V2 + Tune pattern; rank 0's metrics reach Tune through the callback."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from pipelines.pretrain import pretrain
 
-    result = pretrain(cfg, train_ds, trial_dir, val_ds, name=run_name, callbacks=[TuneReportCallback()])
+    result = pretrain(cfg, train_ds, trial_dir, monitor_sets, name=run_name, callbacks=[TuneReportCallback()])
     return int(result.history[-1]["epoch"]) if result.history else 0
 
 
@@ -497,7 +525,7 @@ def _finished_history(trial_dir: Path) -> Optional[list[dict[str, Any]]]:
     return list(torch.load(final, map_location="cpu", weights_only=True)["history"])
 
 
-def sweep_trial(params: dict[str, Any], *, base: dict[str, Any], trials_dir: str, train_ds: Any, val_ds: Any,
+def sweep_trial(params: dict[str, Any], *, base: dict[str, Any], trials_dir: str, train_ds: Any, monitor_sets: Any,
                 with_checkpoints: bool) -> None:
     """The Tune function trainable: one trial = one pretraining run of the sampled config."""
     from ray import tune
@@ -514,9 +542,9 @@ def sweep_trial(params: dict[str, Any], *, base: dict[str, Any], trials_dir: str
     # one line per (re)start: proves on resume that finished trials were not run again
     _append_line(trial_dir / "starts.jsonl", {"time": time.time(), "pid": os.getpid(), "params": params})
     if cfg.train.num_workers == 0:
-        last = _train_in_helper(cfg, train_ds, val_ds, trial_dir, trial_id, params, with_checkpoints)
+        last = _train_in_helper(cfg, train_ds, monitor_sets, trial_dir, trial_id, params, with_checkpoints)
     else:
-        last = _train_with_ray_train(cfg, train_ds, val_ds, trial_dir, trial_id)
+        last = _train_with_ray_train(cfg, train_ds, monitor_sets, trial_dir, trial_id)
     _append_line(trial_dir / "finished.jsonl", {"time": time.time(), "epoch": last})
 
 
@@ -556,8 +584,10 @@ def _concurrency(cfg: RunConfig, spec: SweepSpec) -> int:
 
 
 def _datasets(cfg: RunConfig) -> tuple[Any, Any]:
-    """Pool + curation once (resumable), then the curated train set and held-out set, materialised once."""
+    """Pool + curation once (resumable), then the curated train set and the monitor's sets (pipelines/monitor.py:
+    a sample of the labelled evaluation set, a pool sample for label-free metrics), materialised once."""
     from curation.ingest import read_decoded
+    from pipelines.monitor import monitor_sets_for_run
     from pipelines.run import RunDir, run_pipeline
 
     run_pipeline(cfg, until="curate", resume=True)
@@ -565,10 +595,9 @@ def _datasets(cfg: RunConfig) -> tuple[Any, Any]:
     pool, cur = run.record("pool"), run.record("curate")
     if pool is None or cur is None:
         raise InputError(f"{cfg.run_dir}: pool/curate stage records missing after curation; rerun with --overwrite")
-    size, ch = cfg.data.image_size, cfg.data.channels
-    train = read_decoded(cur["shards"], size, ch).select_columns(["image", "label"]).materialize()
-    val = read_decoded(pool["eval_shards"], size, ch).select_columns(["image", "label"]).materialize()
-    return train, val
+    d = cfg.data
+    train = read_decoded(cur["shards"], d.image_size, d.channels, d.intensity).select_columns(["image", "label"])
+    return train.materialize(), monitor_sets_for_run(cfg, pool, cur).materialize()
 
 
 def experiment_path(cfg: RunConfig, spec: SweepSpec) -> str:
@@ -588,7 +617,7 @@ def _exists(exp_path: str, resume: bool) -> bool:
     return True
 
 
-def _make_tuner(cfg: RunConfig, spec: SweepSpec, train_ds: Any, val_ds: Any, resume: bool) -> Any:
+def _make_tuner(cfg: RunConfig, spec: SweepSpec, train_ds: Any, monitor_sets: Any, resume: bool) -> Any:
     from ray import tune
 
     sdir = sweep_dir(cfg, spec)
@@ -596,7 +625,7 @@ def _make_tuner(cfg: RunConfig, spec: SweepSpec, train_ds: Any, val_ds: Any, res
     if cfg.train.tracking == "mlflow" and not cfg.train.tracking_uri:  # one MLflow store: trials side by side
         base["train"]["tracking_uri"] = (sdir / "mlruns").as_uri()
     trainable = tune.with_parameters(
-        sweep_trial, base=base, trials_dir=str(sdir / "trials"), train_ds=train_ds, val_ds=val_ds,
+        sweep_trial, base=base, trials_dir=str(sdir / "trials"), train_ds=train_ds, monitor_sets=monitor_sets,
         with_checkpoints=spec.scheduler.name == "pbt",
     )
     # in-process trials reserve their CPU in Tune; DDP trials' workers ask Train for theirs
@@ -630,15 +659,23 @@ def run_sweep(cfg: RunConfig, spec: SweepSpec, *, resume: bool = False, overwrit
         for value in domain.values:
             trial_config(cfg, {key: value})
     ensure_ray(cfg.ray)
-    train_ds, val_ds = _datasets(cfg)
+    train_ds, monitor_sets = _datasets(cfg)
     print(f"[sweep] {spec.name}: {len(spec.search)} searched key(s), scheduler {spec.scheduler.name}, "
           f"{_concurrency(cfg, spec)} trial(s) at once; results in {sdir}", flush=True)
-    tuner = _make_tuner(cfg, spec, train_ds, val_ds, resume)
+    tuner = _make_tuner(cfg, spec, train_ds, monitor_sets, resume)
     grid = tuner.fit()
     return write_results(cfg, spec, grid)
 
 
 # --------------------------------------------------------------------------- results
+
+
+#: per-epoch values kept in a trial's curve (the monitor's figures and the optimiser's)
+CURVE_KEYS = ("epoch", "knn_top1", "rankme", "alignment", "uniformity", "feature_std", "loss", "lr")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and value == value
 
 
 def _curve(result: Any) -> list[dict[str, Any]]:
@@ -649,7 +686,7 @@ def _curve(result: Any) -> list[dict[str, Any]]:
     by_epoch: dict[int, dict[str, Any]] = {}
     for row in df.to_dict("records"):
         if row.get("epoch") == row.get("epoch"):  # not NaN
-            by_epoch[int(row["epoch"])] = {k: row.get(k) for k in ("epoch", "knn_top1", "loss", "lr")
+            by_epoch[int(row["epoch"])] = {k: row.get(k) for k in CURVE_KEYS if k in row
                                            } | {k: v for k, v in row.items() if str(k).startswith("param/")}
     return [by_epoch[e] for e in sorted(by_epoch)]
 
@@ -663,18 +700,24 @@ def trial_rows(cfg: RunConfig, spec: SweepSpec, grid: Any) -> list[dict[str, Any
         curve = _curve(result)
         trial_id = str((result.metrics or {}).get("trial_id") or Path(result.path).name)
         starts = _read_lines(sdir / "trials" / trial_id / "starts.jsonl")
-        knn = [c["knn_top1"] for c in curve if c.get("knn_top1") == c.get("knn_top1")]
+        values = [c[spec.metric] for c in curve if _finite(c.get(spec.metric))]
+        best_of = max if spec.mode == "max" else min
         epochs = int(curve[-1]["epoch"]) if curve else 0
         error = str(result.error).splitlines()[0][:300] if result.error else None
         status = "error" if error else ("completed" if epochs >= spec.scheduler.max_t else "stopped_early")
+        others = {k: next((c[k] for c in reversed(curve) if _finite(c.get(k))), float("nan"))
+                  for k in ("knn_top1", "rankme") if k != spec.metric and any(k in c for c in curve)}
         rows.append({
             "trial_id": trial_id, "status": status, **params,
-            "knn_top1": knn[-1] if knn else float("nan"), "knn_top1_best": max(knn) if knn else float("nan"),
+            spec.metric: values[-1] if values else float("nan"),
+            f"{spec.metric}_best": best_of(values) if values else float("nan"), **others,
             "epochs": epochs, "loss_last": curve[-1]["loss"] if curve else float("nan"),
             "starts": len(starts), "first_start": starts[0]["time"] if starts else float("nan"),
             "error": error, "curve": json.dumps(curve),
         })
-    rows.sort(key=lambda r: (-(r["knn_top1"] if r["knn_top1"] == r["knn_top1"] else -1.0), r["trial_id"]))
+    sign = -1.0 if spec.mode == "max" else 1.0  # best first; trials without a value last
+    rows.sort(key=lambda r: (not _finite(r[spec.metric]), sign * r[spec.metric] if _finite(r[spec.metric]) else 0.0,
+                             r["trial_id"]))
     return rows
 
 
@@ -685,9 +728,9 @@ def write_results(cfg: RunConfig, spec: SweepSpec, grid: Any) -> SweepResult:
 
     sdir = sweep_dir(cfg, spec)
     rows = trial_rows(cfg, spec, grid)
-    ok = [r for r in rows if r["status"] != "error" and r["knn_top1"] == r["knn_top1"]]
+    ok = [r for r in rows if r["status"] != "error" and _finite(r[spec.metric])]
     if not ok:
-        raise RuntimeError(f"sweep '{spec.name}': no trial reported a kNN accuracy; see errors in {sdir}")
+        raise RuntimeError(f"sweep '{spec.name}': no trial reported {spec.metric}; see errors in {sdir}")
     best = ok[0]
     table = pa.Table.from_pylist(rows)
     buf = pa.BufferOutputStream()
@@ -696,7 +739,8 @@ def write_results(cfg: RunConfig, spec: SweepSpec, grid: Any) -> SweepResult:
     best_cfg = trial_config(cfg, {k: best[k] for k in spec.search})
     best_dict = config_to_dict(best_cfg)
     best_dict["run_dir"] = str(sdir / "best_run")
-    header = (f"# best trial {best['trial_id']} of sweep '{spec.name}': online kNN top-1 {best['knn_top1']:.4f}\n"
+    header = (f"# best trial {best['trial_id']} of sweep '{spec.name}': {METRIC_NAMES[spec.metric]} "
+              f"{best[spec.metric]:.4f}\n"
               f"# searched: {', '.join(f'{k}={best[k]}' for k in spec.search)}\n# run it: sslpipe run THIS_FILE\n")
     best_path = write_text_atomic(header + yaml.safe_dump(best_dict, sort_keys=False), sdir / "best_config.yaml")
     summary = {"name": spec.name, "metric": spec.metric, "scheduler": spec.scheduler.name, "best": {
@@ -735,7 +779,7 @@ def _x_key(spec: SweepSpec) -> Optional[str]:
 
 
 def knn_vs_param_plot(spec: SweepSpec, rows: list[dict[str, Any]]) -> Optional[str]:
-    """Final online kNN against the temperature (or first numeric key), one line per value of another key."""
+    """The final ranking metric against the temperature (or first numeric key), one line per value of another key."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -753,23 +797,23 @@ def knn_vs_param_plot(spec: SweepSpec, rows: list[dict[str, Any]]) -> Optional[s
             groups.setdefault(r[group_key] if group_key else None, []).append(r)
     for value, members in sorted(groups.items(), key=lambda kv: str(kv[0])):
         members.sort(key=lambda r: r[x_key])
-        label = f"{group_key}={value}" if group_key else "final kNN"
-        line = ax.plot([r[x_key] for r in members], [r["knn_top1"] for r in members], marker="o", label=label)[0]
+        label = f"{group_key}={value}" if group_key else f"final {spec.metric}"
+        line = ax.plot([r[x_key] for r in members], [r[spec.metric] for r in members], marker="o", label=label)[0]
         stopped = [r for r in members if r["status"] == "stopped_early"]
-        ax.scatter([r[x_key] for r in stopped], [r["knn_top1"] for r in stopped], marker="x", s=60,
+        ax.scatter([r[x_key] for r in stopped], [r[spec.metric] for r in stopped], marker="x", s=60,
                    color=line.get_color(), zorder=3)
     if spec.search[x_key].kind == "loguniform" or x_key in ("method.temperature", "train.lr"):
         ax.set_xscale("log")
     ax.set_xlabel(x_key)
-    ax.set_ylabel(f"online kNN top-1 (last epoch run)")
-    ax.set_title(f"kNN vs {x_key} (x = stopped early by the scheduler)", fontsize=9)
+    ax.set_ylabel(f"{METRIC_NAMES[spec.metric]} (last epoch run)")
+    ax.set_title(f"{spec.metric} vs {x_key} (x = stopped early by the scheduler)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _png_uri(fig)
 
 
 def learning_curves_plot(spec: SweepSpec, rows: list[dict[str, Any]]) -> str:
-    """Online kNN per epoch for every trial; dashed = stopped early."""
+    """The ranking metric per epoch for every trial; dashed = stopped early."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -777,14 +821,14 @@ def learning_curves_plot(spec: SweepSpec, rows: list[dict[str, Any]]) -> str:
 
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     for r in rows:
-        curve = [c for c in json.loads(r["curve"]) if c.get("knn_top1") == c.get("knn_top1")]
+        curve = [c for c in json.loads(r["curve"]) if _finite(c.get(spec.metric))]
         if not curve:
             continue
         label = ", ".join(f"{k.split('.')[-1]}={_fmt(r[k])}" for k in spec.search)
-        ax.plot([c["epoch"] for c in curve], [c["knn_top1"] for c in curve], marker=".",
+        ax.plot([c["epoch"] for c in curve], [c[spec.metric] for c in curve], marker=".",
                 linestyle="--" if r["status"] == "stopped_early" else "-", label=label)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("online kNN top-1 (held out)")
+    ax.set_ylabel(METRIC_NAMES[spec.metric])
     ax.set_title("Learning curves per trial (dashed = stopped early)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, ncol=2)
@@ -801,7 +845,7 @@ def build_sweep_report(spec: SweepSpec, rows: list[dict[str, Any]], best: dict[s
     """The sweep's HTML page: best trial, the table, kNN vs temperature and the learning curves."""
     import html
 
-    cols = ["trial_id", "status", *spec.search, "knn_top1", "knn_top1_best", "epochs", "loss_last", "starts"]
+    cols = ["trial_id", "status", *spec.search, spec.metric, f"{spec.metric}_best", "epochs", "loss_last", "starts"]
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
     body = "".join(
         "<tr" + (' class="best"' if r is best else "") + ">" + "".join(f"<td>{html.escape(_fmt(r[c]))}</td>" for c in cols) + "</tr>"
@@ -810,14 +854,17 @@ def build_sweep_report(spec: SweepSpec, rows: list[dict[str, Any]], best: dict[s
     plots = [p for p in (knn_vs_param_plot(spec, rows), learning_curves_plot(spec, rows)) if p]
     imgs = "".join(f'<p><img src="{p}" alt="sweep plot"></p>' for p in plots)
     sched = spec.scheduler
+    name = METRIC_NAMES[spec.metric]
+    basis = ("held-out images of the labelled evaluation set" if spec.metric == "knn_top1"
+             else "a fixed random sample of the curated pool, no labels needed")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>sslpipe sweep {html.escape(spec.name)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1000px}}table{{border-collapse:collapse;font-size:13px}}
 td,th{{border:1px solid #ccc;padding:3px 7px;text-align:right}}tr.best{{background:#e6f2e6}}</style></head><body>
 <h1>Sweep <code>{html.escape(spec.name)}</code></h1>
-<p>Trials are ranked by <b>online kNN top-1</b> on held-out images after each epoch (never by the SSL loss, which is
-not comparable across temperatures). Scheduler: <b>{html.escape(sched.name)}</b>
+<p>Trials are ranked by <b>{name}</b> ({"higher" if spec.mode == "max" else "lower"} is better) after each epoch
+({basis}; never by the SSL loss, which is not comparable across temperatures). Scheduler: <b>{html.escape(sched.name)}</b>
 (grace period {sched.grace_period}, reduction factor {sched.reduction_factor:g}, max {sched.max_t} epochs).</p>
-<p>Best: trial <code>{html.escape(str(best['trial_id']))}</code>, kNN {best['knn_top1']:.4f} with
+<p>Best: trial <code>{html.escape(str(best['trial_id']))}</code>, {name} {best[spec.metric]:.4f} with
 {html.escape(', '.join(f'{k} = {_fmt(best[k])}' for k in spec.search))}. Its full config is in
 <code>best_config.yaml</code> (run it with <code>sslpipe run best_config.yaml</code>).</p>
 <table><tr>{head}</tr>{body}</table>
@@ -828,7 +875,7 @@ not comparable across temperatures). Scheduler: <b>{html.escape(sched.name)}</b>
 
 def format_table(spec: SweepSpec, rows: list[dict[str, Any]]) -> str:
     """A fixed-width text table of the trials, best first."""
-    cols = ["trial_id", "status", *spec.search, "knn_top1", "epochs"]
+    cols = ["trial_id", "status", *spec.search, spec.metric, "epochs"]
     cells = [[_fmt(r[c]) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
@@ -863,7 +910,7 @@ def run_sweep_cli(args: argparse.Namespace) -> int:
     spec = load_search_space(args.config, overrides)
     result = run_sweep(spec.base, spec, resume=args.resume, overwrite=args.overwrite)
     print(format_table(spec, result.rows), flush=True)
-    print(f"[sweep] best: {result.best['trial_id']} kNN {result.best['knn_top1']:.4f}; table {result.table_path}; "
+    print(f"[sweep] best: {result.best['trial_id']} {spec.metric} {result.best[spec.metric]:.4f}; table {result.table_path}; "
           f"best config {result.best_config_path}; report {result.report_path}", flush=True)
     return 0
 

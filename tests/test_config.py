@@ -17,7 +17,7 @@ def test_defaults_are_valid_and_typed() -> None:
     assert cfg.train.num_workers == 2 and isinstance(cfg.train.lr, float)
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "cifar10.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "cifar10.yaml", "collection.yaml"])
 def test_shipped_configs_load(name: str) -> None:
     cfg = load_config(REPO / "configs" / name)
     assert cfg.method.name == "simclr"

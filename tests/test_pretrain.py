@@ -11,6 +11,7 @@ import torch
 
 from curation.errors import InputError
 from pipelines.config import load_config
+from pipelines.monitor import MonitorSets
 from pipelines.pretrain import load_backbone, pretrain
 
 
@@ -36,7 +37,7 @@ def heldout_dataset(ray_session, mnist_digits):
 
 
 def test_in_process_training_checkpoints_and_resumes(digits_dataset, heldout_dataset, tmp_path: Path) -> None:
-    first = pretrain(small_config(tmp_path, epochs=2), digits_dataset, tmp_path, val_dataset=heldout_dataset)
+    first = pretrain(small_config(tmp_path, epochs=2), digits_dataset, tmp_path, monitor=MonitorSets(bank=digits_dataset, queries=heldout_dataset))
     assert [h["epoch"] for h in first.history] == [1, 2]
     # the online kNN monitor ran on the held-out digits: a real accuracy, far above chance (0.1)
     assert all(0.3 < h["knn_top1"] <= 1.0 for h in first.history)
@@ -44,7 +45,7 @@ def test_in_process_training_checkpoints_and_resumes(digits_dataset, heldout_dat
     assert first.history[-1]["step"] == 2 * (256 // 64)
 
     # same run directory, more epochs: continues from epoch 2 instead of starting over
-    second = pretrain(small_config(tmp_path, epochs=3), digits_dataset, tmp_path, val_dataset=heldout_dataset)
+    second = pretrain(small_config(tmp_path, epochs=3), digits_dataset, tmp_path, monitor=MonitorSets(bank=digits_dataset, queries=heldout_dataset))
     assert [h["epoch"] for h in second.history] == [1, 2, 3]
     assert second.history[:2] == first.history
     assert second.history[-1]["step"] == 3 * (256 // 64)
@@ -103,12 +104,12 @@ def test_compiled_backbone_trains_like_eager_and_checkpoints_stay_eager_compatib
     from torch._dynamo.utils import counters
 
     eager = pretrain(small_config(tmp_path / "eager", epochs=1), digits_dataset, tmp_path / "eager",
-                     val_dataset=heldout_dataset)
+                     monitor=MonitorSets(bank=digits_dataset, queries=heldout_dataset))
     torch._dynamo.reset()
     counters.clear()
     cfg = small_config(tmp_path / "compiled", epochs=1)
     cfg.train.compile = True
-    compiled = pretrain(cfg, digits_dataset, tmp_path / "compiled", val_dataset=heldout_dataset)
+    compiled = pretrain(cfg, digits_dataset, tmp_path / "compiled", monitor=MonitorSets(bank=digits_dataset, queries=heldout_dataset))
     # the training forward was compiled once; the kNN monitor's eval-mode passes ran eagerly, not recompiled
     assert counters["stats"]["unique_graphs"] == 1
     assert compiled.history[-1]["step"] == eager.history[-1]["step"] == 256 // 64
@@ -117,7 +118,7 @@ def test_compiled_backbone_trains_like_eager_and_checkpoints_stay_eager_compatib
     assert compiled.history[-1]["knn_top1"] == pytest.approx(eager.history[-1]["knn_top1"], abs=0.02)
     # the checkpoint has the eager module's keys: an eager run resumes it, and export loads it
     resumed = pretrain(small_config(tmp_path / "compiled", epochs=2), digits_dataset, tmp_path / "compiled",
-                       val_dataset=heldout_dataset)
+                       monitor=MonitorSets(bank=digits_dataset, queries=heldout_dataset))
     assert [h["epoch"] for h in resumed.history] == [1, 2]
     backbone = load_backbone(small_config(tmp_path / "compiled", epochs=2), resumed.checkpoint_path)
     assert backbone(torch.zeros(2, 1, 28, 28)).shape == (2, 32)
@@ -181,7 +182,7 @@ def test_ray_train_workers_run_under_the_configured_malloc(digits_dataset, tmp_p
 def test_bf16_autocast_trains_with_fp32_weights_and_says_so(digits_dataset, heldout_dataset, tmp_path: Path, capfd) -> None:
     cfg = small_config(tmp_path, epochs=1)
     cfg.train.precision = "bf16"
-    result = pretrain(cfg, digits_dataset, tmp_path, val_dataset=heldout_dataset)
+    result = pretrain(cfg, digits_dataset, tmp_path, monitor=MonitorSets(bank=digits_dataset, queries=heldout_dataset))
     assert "1 worker(s) on 1 node(s), cpu, bf16" in capfd.readouterr().out
     assert np.isfinite(result.history[-1]["loss"])
     assert 0.3 < result.history[-1]["knn_top1"] <= 1.0  # bf16 features still separate the digits
