@@ -10,6 +10,8 @@ Use the ``moto_s3`` fixture (``from tests.object_store import moto_s3  # noqa: F
 
 from __future__ import annotations
 
+import logging
+
 import json
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -53,6 +55,9 @@ def start_moto_s3() -> MotoS3:
     import requests
     from moto.server import ThreadedMotoServer
 
+    # the server runs in this process: its request log (and the tracebacks it logs for the HTTP 500 it
+    # answers a request without keys) is the test harness's, not output of the sslpipe run under test
+    logging.getLogger("werkzeug").disabled = True
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

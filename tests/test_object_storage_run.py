@@ -66,7 +66,8 @@ def test_run_in_a_bucket_survives_a_killed_driver_and_resumes_from_the_bucket(
     run_dir = f"s3://{BUCKET}/runs/cluster"
     epochs = 6
     args = [sys.executable, "-m", "pipelines.cli", "run", str(REPO / "configs" / "demo.yaml"),
-            f"data.source={source}", f"data.eval_source={eval_source}", f"run_dir={run_dir}",
+            f"data.source={source}", f"eval.bank_source={source}", f"eval.query_source={eval_source}",
+            f"run_dir={run_dir}",
             "train.num_workers=1", f"train.epochs={epochs}", *SMALL_TRAINING,
             "--address", ray_session.get_runtime_context().gcs_address]
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_TRAIN_V2_ENABLED": "1"}
@@ -139,12 +140,12 @@ def _bad_input_cases(s3: MotoS3) -> dict[str, tuple[dict[str, str | None], dict[
                          ("no .tar/.parquet shards", "nothing is stored", "sslpipe shard")),
         "images_not_shards": ({}, {"data.source": f"s3://{BUCKET}/raw-images"}, f"s3://{BUCKET}/raw-images",
                               ("no .tar/.parquet shards", "sslpipe shard")),
-        "eval_source_empty": ({}, {"data.eval_source": f"s3://{BUCKET}/nothing-here"}, f"s3://{BUCKET}/nothing-here",
-                              ("data.eval_source", "sslpipe shard")),
+        "eval_source_empty": ({}, {"eval.bank_source": good_source, "eval.query_source": f"s3://{BUCKET}/nothing-here"},
+                              f"s3://{BUCKET}/nothing-here", ("eval.query_source", "sslpipe shard")),
         "run_dir_missing_bucket": ({}, {"run_dir": "s3://no-such-bucket/runs/x"}, "s3://no-such-bucket/runs/x",
                                    ("run_dir", "does not exist")),
         "run_dir_read_only": (s3.read_only_env, {}, f"s3://{BUCKET}/runs/bad", ("cannot write to", "access denied")),
-    } | {"_good": ({}, {"data.source": good_source, "data.eval_source": good_eval,
+    } | {"_good": ({}, {"data.source": good_source, "eval.bank_source": good_source, "eval.query_source": good_eval,
                         "run_dir": f"s3://{BUCKET}/runs/bad"}, "", ())}
 
 
@@ -261,7 +262,8 @@ try:
     from pipelines.config import load_config
     from pipelines.run import run_pipeline
 
-    cfg = load_config(sys.argv[5], [f"data.source={source}", f"data.eval_source={eval_source}", f"run_dir={run_dir}",
+    cfg = load_config(sys.argv[5], [f"data.source={source}", f"eval.bank_source={source}",
+                                    f"eval.query_source={eval_source}", f"run_dir={run_dir}",
                                     "train.num_workers=2", "train.cpus_per_worker=2", "train.threads_per_worker=1",
                                     *json.loads(sys.argv[6])])
     run_pipeline(cfg)
