@@ -30,6 +30,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from curation.errors import InputError
+from storage.uri import apply_env
 from curation.ingest import (SHARD_SUFFIXES, SIDE_FILES, clean_ext, filesystem_for, join_uri,
                              open_input, open_input_file, parquet_schema_problem, unsafe_key)
 from curation.shards import IMAGE_EXTENSIONS, INT64_MAX, INT64_MIN, TAR_SUFFIXES, normalize_meta, scan_tar_index
@@ -63,11 +64,6 @@ class ListingPart:
     table: pa.Table
     rejects: list[dict[str, Any]] = field(default_factory=list)
     ignored: list[tuple[str, str]] = field(default_factory=list)
-
-
-def _apply_env(env: dict[str, str] | None) -> None:
-    if env:
-        os.environ.update(env)
 
 
 # --------------------------------------------------------------------------- what kind of source
@@ -234,7 +230,7 @@ def file_rows(root: str, files: list[str], class_index: dict[str, int] | None) -
 def walk_folders_task(root: str, rels: list[str], class_index: dict[str, int] | None,
                       env: dict[str, str] | None = None) -> ListingPart:
     """Plan every image below each of ``rels`` (relative folders of ``root``): one listing task."""
-    _apply_env(env)
+    apply_env(env)
     files: list[str] = []
     ignored: list[tuple[str, str]] = []
     for rel in rels:
@@ -332,7 +328,7 @@ def _scan_tar(uri: str, rank: int, rows: list[dict[str, Any]], rejects: list[dic
 
 def scan_shards_task(uris: list[str], first_rank: int, env: dict[str, str] | None = None) -> ListingPart:
     """Plan the samples of input shards ``uris`` (ranks ``first_rank``...): one scanning task."""
-    _apply_env(env)
+    apply_env(env)
     rows: list[dict[str, Any]] = []
     rejects: list[dict[str, Any]] = []
     for rank, uri in enumerate(uris, start=first_rank):

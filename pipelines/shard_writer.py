@@ -30,6 +30,7 @@ from PIL import Image
 from curation.decode import open_image
 from curation.ingest import filesystem_for, open_input_file
 from storage.io import COPY_CHUNK, SPOOL_BYTES
+from storage.uri import apply_env
 from curation.shards import Sample, open_decompressed, sniff_image_ext, write_parquet_stream, write_tar_stream
 
 SIDE_SCHEMA = pa.schema([("key", pa.string()), ("shard", pa.string()), ("offset", pa.int64()), ("size", pa.int64()),
@@ -188,8 +189,7 @@ def _node() -> str:
 def write_shard_task(plan: pa.Table, start: int, stop: int, number: int, name: str, dest: str, fmt: str,
                      max_side: int, env: dict[str, str] | None = None) -> WrittenShard:
     """Read, check and write rows ``start:stop`` of ``plan`` as output shard ``name`` plus its index part."""
-    if env:
-        os.environ.update(env)
+    apply_env(env)
     fs, root = filesystem_for(dest)
     root = root.rstrip("/")
     data_path, side_path = f"{root}/{name}", f"{root}/_index/shard-{number:06d}.parquet"

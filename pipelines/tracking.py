@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Protocol
 
-from pipelines.atomic import write_text_atomic
+import storage
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tb"
@@ -60,9 +60,19 @@ def scalars(metrics: dict[str, Any]) -> dict[str, float]:
             if k not in NOT_SCALARS and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def write_metrics(history: list[dict[str, Any]], run_dir: str | Path) -> Path:
-    """``RUN_DIR/metrics.jsonl``: one line per epoch of ``history``, written atomically (temp + rename)."""
-    return write_text_atomic("".join(json.dumps(h) + "\n" for h in history), Path(run_dir) / METRICS_FILE)
+def write_metrics(history: list[dict[str, Any]], run_dir: str | Path) -> str:
+    """``RUN_DIR/metrics.jsonl``: one line per epoch of ``history``, written atomically (temp + rename
+    locally, one PUT on an object store)."""
+    return storage.write_text(storage.join(run_dir, METRICS_FILE), "".join(json.dumps(h) + "\n" for h in history))
+
+
+def mirror_folder(local: Path, location: str) -> None:
+    """Copy every file under the local folder ``local`` to the same relative path under ``location``
+    (a uri): TensorBoard and MLflow's file store write local files only, so a run directory in a
+    bucket gets their folders copied after each epoch."""
+    for path in sorted(local.rglob("*")):
+        if path.is_file():
+            storage.put_file(path, storage.join(location, *path.relative_to(local).parts))
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -158,10 +168,12 @@ class MLflowBackend:
 class RunTracker:
     """Rank 0's tracker: metrics.jsonl plus an optional backend, fed one epoch at a time."""
 
-    def __init__(self, run_dir: str | Path, history: list[dict[str, Any]], backend: Optional[Backend]) -> None:
+    def __init__(self, run_dir: str | Path, history: list[dict[str, Any]], backend: Optional[Backend],
+                 mirrors: Optional[list[tuple[Path, str]]] = None) -> None:
         self.run_dir = run_dir
         self.history = [dict(h) for h in history]  # its own copy: the loop's list is the checkpoint's
         self.backend = backend
+        self.mirrors = mirrors or []  # (local folder, its place in a bucket run directory)
         write_metrics(self.history, run_dir)  # a resumed run drops lines past its checkpoint right away
 
     def log_epoch(self, metrics: dict[str, Any]) -> None:
@@ -173,10 +185,16 @@ class RunTracker:
             # (no kNN monitor), which would only draw an empty curve
             values = {k: v for k, v in scalars(metrics).items() if math.isfinite(v) or k == "loss"}
             self.backend.log(values, int(metrics.get("step", len(self.history))))
+        self._mirror()
+
+    def _mirror(self) -> None:
+        for local, location in self.mirrors:
+            mirror_folder(local, location)
 
     def close(self) -> None:
         if self.backend is not None:
             self.backend.close()
+        self._mirror()
 
 
 class NoTracker:
@@ -207,12 +225,22 @@ def open_tracker(cfg: Any, loop_config: dict[str, Any], rank: int,
     tc = cfg.train
     resumed_step = int(history[-1]["step"]) if history else 0
     backend: Optional[Backend] = None
+    mirrors: list[tuple[Path, str]] = []
+
+    def local_folder(name: str) -> Path:
+        """``RUN_DIR/name``, or for a run directory in a bucket a local scratch folder copied there each epoch."""
+        location = storage.join(run_dir, name)
+        folder = storage.scratch_dir(location)
+        if storage.is_uri(run_dir):
+            mirrors.append((folder, location))
+        return folder
+
     if tc.tracking == "tensorboard":
-        backend = TensorBoardBackend(str(Path(run_dir) / TENSORBOARD_DIR), resumed_step)
+        backend = TensorBoardBackend(str(local_folder(TENSORBOARD_DIR)), resumed_step)
     elif tc.tracking == "mlflow":
         from pipelines.config import config_to_dict
 
-        uri = tc.tracking_uri or (Path(run_dir) / MLFLOW_DIR).resolve().as_uri()
+        uri = tc.tracking_uri or local_folder(MLFLOW_DIR).resolve().as_uri()
         backend = MLflowBackend(uri, tc.tracking_experiment, run_name, f"{run_dir}#{run_name}",
                                 flatten(config_to_dict(cfg)))
-    return RunTracker(run_dir, history, backend)
+    return RunTracker(run_dir, history, backend, mirrors)

@@ -34,9 +34,20 @@ def storage_env() -> dict[str, str]:
 
 
 def apply_env(env: dict[str, str] | None) -> None:
-    """Inside a Ray task: take over the driver's storage settings (``storage_env``)."""
-    if env:
-        os.environ.update(env)
+    """Inside a Ray task: take over the driver's storage settings (``storage_env``) exactly.
+
+    Names the driver does not set are removed too: Ray reuses worker processes across jobs,
+    and a session token left over from an earlier job would be sent with this job's keys
+    (the store then refuses every request as an invalid token). ``None`` leaves the
+    environment as it is (a call from the driver itself).
+    """
+    if env is None:
+        return
+    for name in STORAGE_ENV:
+        if name in env:
+            os.environ[name] = env[name]
+        else:
+            os.environ.pop(name, None)
 
 
 def is_uri(location: str | os.PathLike[str]) -> bool:

@@ -214,6 +214,10 @@ def test_in_process_training_checkpoints_to_a_bucket_and_resumes_from_it(
     assert second.history[-1]["resumes"] == 1 and second.history[-1]["step"] == 3 * (256 // 64)
     kept = storage.list_dir(f"{run_dir}/pretrain/local_checkpoints")
     assert kept == ["epoch_000002", "epoch_000003"]  # older ones pruned in the bucket too
+    # live tracking lands in the bucket too: metrics.jsonl rewritten per epoch, TensorBoard's files copied up
+    lines = storage.read_text(f"{run_dir}/metrics.jsonl").splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+    assert any(name.startswith("events.out.tfevents") for name in storage.list_dir(f"{run_dir}/tb"))
     backbone = load_backbone(config(3), second.checkpoint_path)  # loads straight from the bucket
     assert backbone is not None
     assert list(tmp_path.iterdir()) == []  # nothing local named after the uri

@@ -93,3 +93,17 @@ def test_a_pickled_filesystem_works_where_the_environment_has_no_keys(moto_s3) -
     out = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(fs), env=bare, capture_output=True,
                          check=True).stdout
     assert out.decode().strip() == "hello"
+
+
+def test_a_ray_task_takes_the_drivers_storage_settings_exactly(monkeypatch) -> None:
+    """Ray reuses worker processes: a session token left by an earlier job must not ride along with this job's
+    keys (the store refuses every request as an invalid token)."""
+    from storage.uri import apply_env
+
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "left-over-from-an-earlier-job")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "old-key")
+    apply_env({"AWS_ACCESS_KEY_ID": "driver-key", "AWS_SECRET_ACCESS_KEY": "driver-secret"})
+    assert os.environ["AWS_ACCESS_KEY_ID"] == "driver-key" and os.environ["AWS_SECRET_ACCESS_KEY"] == "driver-secret"
+    assert "AWS_SESSION_TOKEN" not in os.environ
+    apply_env(None)  # the driver itself: nothing changes
+    assert os.environ["AWS_ACCESS_KEY_ID"] == "driver-key"

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from pipelines.config import ConfigError, load_config
+from pipelines.monitor import MonitorSets
 from pipelines.pretrain import pretrain
 from pipelines.tracking import METRICS_FILE, TENSORBOARD_DIR, scalars
 
@@ -99,7 +100,7 @@ class MetricsFileWatcher(UserCallback):
 def test_metrics_jsonl_grows_by_one_line_per_epoch_while_ray_train_runs(digits, heldout, tmp_path: Path) -> None:
     run_dir, notes, epochs = tmp_path / "run", tmp_path / "notes.jsonl", 4
     cfg = small_config(run_dir, epochs=epochs, workers=1)
-    result = pretrain(cfg, digits, run_dir, val_dataset=heldout,
+    result = pretrain(cfg, digits, run_dir, monitor=MonitorSets(bank=digits, queries=heldout),
                       callbacks=[MetricsFileWatcher(str(run_dir), str(notes))])
 
     seen = [json.loads(line) for line in notes.read_text().splitlines()]
@@ -147,8 +148,8 @@ def test_mlflow_file_store_gets_the_params_and_every_epoch_once_across_a_resume(
     from mlflow.tracking import MlflowClient
 
     tracking = ["train.tracking=mlflow", "train.tracking_experiment=watch"]
-    first = pretrain(small_config(tmp_path, 2, 0, *tracking), digits, tmp_path, val_dataset=heldout)
-    second = pretrain(small_config(tmp_path, 3, 0, *tracking), digits, tmp_path, val_dataset=heldout)
+    first = pretrain(small_config(tmp_path, 2, 0, *tracking), digits, tmp_path, monitor=MonitorSets(bank=digits, queries=heldout))
+    second = pretrain(small_config(tmp_path, 3, 0, *tracking), digits, tmp_path, monitor=MonitorSets(bank=digits, queries=heldout))
     assert second.history[:2] == first.history
 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # for this reader too (MLflow 3 refuses file stores)
