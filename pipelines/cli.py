@@ -139,6 +139,16 @@ def _run(args: argparse.Namespace, until: str) -> int:
     return 0
 
 
+def _default_eval_dir(checkpoint: str) -> Path:
+    """``eval/`` beside a local checkpoint; for one in a bucket, a local scratch folder named after it
+    (the evaluation writes local shards, plots and pages; ``--out`` chooses another place)."""
+    import storage
+
+    if storage.is_uri(checkpoint):
+        return storage.scratch_dir(storage.join(storage.parent(checkpoint), "eval"))
+    return Path(checkpoint).resolve().parent / "eval"
+
+
 def _eval(args: argparse.Namespace) -> int:
     import dataclasses
     import json
@@ -151,7 +161,7 @@ def _eval(args: argparse.Namespace) -> int:
     from pipelines.sources import resolve_location
 
     cfg, backbone = load_backbone_from_checkpoint(args.checkpoint)
-    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "eval"
+    out = Path(args.out) if args.out else _default_eval_dir(args.checkpoint)
     train_shards = resolve_location(args.data, out / "shards" / "train", cfg)
     eval_shards = resolve_location(args.eval_data, out / "shards" / "eval", cfg)
     attach_run_log(out, "eval.log")

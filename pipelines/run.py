@@ -160,7 +160,7 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
     labelled = index_eval_sets(cfg, pool_rec) if (run.record("pretrain") is None or not resume) else None
 
     def do_curate() -> dict[str, Any]:
-        res = curate(pool_rec["shards"], run.join("curated"), cfg.curate, intensity=cfg.data.intensity)
+        res = curate(pool_rec["shards"], run.join("curated"), cfg.curate, seed=cfg.seed, intensity=cfg.data.intensity)
         return {"manifest": str(res.manifest_path), "shards": res.shard_paths, "summary": res.summary}
 
     cur_rec = _stage(run, "curate", resume, do_curate)
