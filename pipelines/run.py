@@ -118,9 +118,11 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
         return _partial_report(run.path)
 
     def do_pretrain() -> dict[str, Any]:
-        ds = read_decoded(cur_rec["shards"], cfg.data.image_size, cfg.data.channels).select_columns(["image", "label"])
+        from pipelines.feed import ShardPool
+
+        pool = ShardPool.from_manifest(cur_rec["manifest"], cur_rec["shards"])  # kept samples per curated shard
         val = read_decoded(pool_rec["eval_shards"], cfg.data.image_size, cfg.data.channels).select_columns(["image", "label"])
-        res = pretrain(cfg, ds, run.path, val_dataset=val)
+        res = pretrain(cfg, pool, run.path, val_dataset=val)
         hist = res.history
         write_text_atomic("".join(json.dumps(h) + "\n" for h in hist), run.path / "metrics.jsonl")
         desc = (
