@@ -327,7 +327,7 @@ def crop_segments(batch: dict[str, np.ndarray], recipe: ViewRecipe, num_views: i
 class EpochCounters:
     """What one worker's epoch read: counted, so a bad shard is visible in the epoch's metrics."""
 
-    samples: int = 0  # samples trained on (padding excluded)
+    samples: int = 0  # rows handed to training (repeats that padded the planned batches included)
     padded: int = 0  # repeats that filled the planned batches because samples were missing
     skipped_samples: int = 0  # rows that came back with an error (undecodable, shard cut short)
     skipped_shards: set[str] = field(default_factory=set)
@@ -484,7 +484,7 @@ class StreamFeed:
                 raise RuntimeError(f"worker {self.rank} read no sample of its {len(segments)} segment(s) in epoch "
                                    f"{epoch + 1}: every shard it was given is missing or unreadable "
                                    f"({sorted(self.counters.skipped_shards)[:3]})")
-            picks = self._window_rng(epoch, -1).integers(0, len(source["key"]), missing)
+            picks = self._window_rng(epoch, 0x7FFFFFFF).integers(0, len(source["key"]), missing)
             pad = {k: v[picks] for k, v in source.items()}
             rest = pad if rest is None else {k: np.concatenate([rest[k], pad[k]]) for k in rest}
             self.counters.padded += missing

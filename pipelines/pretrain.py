@@ -486,7 +486,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         seconds = time.time() - t_epoch
         if stream:
             c = feed.counters
-            own = [c.samples, c.padded, c.skipped_samples, len(c.skipped_shards)]
+            own = [c.samples - c.padded, c.padded, c.skipped_samples, len(c.skipped_shards)]
         else:
             own = [trained * local_batch - padded, padded, 0, 0]
         samples_seen, padded_all, skipped_samples, skipped_shards = _sum_over_ranks(own, device)
