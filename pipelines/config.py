@@ -273,6 +273,9 @@ class TrainConfig:
     #: only: PyTorch's SyncBatchNorm refuses CPU modules under DDP
     sync_batchnorm: bool = False
     checkpoint_every_epochs: int = 1
+    #: train this many optimizer steps instead of ``epochs`` epochs (0 = ``epochs`` decides); the LR
+    #: schedule spans them and the last epoch may end part-way
+    max_steps: int = 0
     #: also checkpoint every this many optimizer steps inside an epoch (0 = only at epoch ends);
     #: a resumed run continues the interrupted epoch at its step (see pipelines/pretrain.py)
     checkpoint_every_steps: int = 0
@@ -314,6 +317,7 @@ class TrainConfig:
         _check(self.weight_decay >= 0, f"{path}.weight_decay", "a number >= 0")
         _check(self.warmup_epochs >= 0, f"{path}.warmup_epochs", "an integer >= 0")
         _check(self.checkpoint_every_epochs >= 1, f"{path}.checkpoint_every_epochs", "an integer >= 1")
+        _check(self.max_steps >= 0, f"{path}.max_steps", "an integer >= 0 (0 = train.epochs decides)")
         _check(self.checkpoint_every_steps >= 0, f"{path}.checkpoint_every_steps", "an integer >= 0 (0 = off)")
         _check(self.max_failures >= 0, f"{path}.max_failures", "an integer >= 0")
         _check(self.threads_per_worker >= 0, f"{path}.threads_per_worker", "an integer >= 0")

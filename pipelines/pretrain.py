@@ -266,14 +266,14 @@ def _stream_monitor_bank(pool: ShardPool, cfg: RunConfig, limit: int) -> tuple[t
     first shards, at the evaluation view (the pool itself is never held)."""
     from curation.ingest import read_decoded
 
+    shards = list(pool.shards[: int(np.searchsorted(np.cumsum(pool.counts), limit)) + 1])
     images, labels, have = [], [], 0
-    for shard in pool.shards:
-        for batch in read_decoded([shard], cfg.data.image_size, cfg.data.channels).iter_batches(
-                batch_size=512, batch_format="numpy"):
-            keep = batch["label"] >= 0
-            images.append(torch.from_numpy(batch["image"][keep]).permute(0, 3, 1, 2).contiguous())
-            labels.append(torch.from_numpy(batch["label"][keep]))
-            have += int(keep.sum())
+    for batch in read_decoded(shards, cfg.data.image_size, cfg.data.channels).iter_batches(
+            batch_size=512, batch_format="numpy"):
+        keep = batch["label"] >= 0
+        images.append(torch.from_numpy(batch["image"][keep]).permute(0, 3, 1, 2).contiguous())
+        labels.append(torch.from_numpy(batch["label"][keep]))
+        have += int(keep.sum())
         if have >= limit:
             break
     if have == 0:
@@ -309,7 +309,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     stream = loop_config.get("feed") == "stream"
     pool = ShardPool.from_dict(loop_config["pool"]) if loop_config.get("pool") else None
     run_dir = Path(loop_config["run_dir"]) if loop_config.get("run_dir") else None
-    t_load = time.time()
+    t_load = t_begin = time.time()
     images = labels = None
     if stream:
         pool_samples = pool.total
@@ -376,6 +376,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         raise RuntimeError(f"the pool of {pool_samples} samples is smaller than one global batch "
                            f"(train.batch_size={tc.batch_size})")
     total_steps = steps_per_epoch * tc.epochs  # pruned runs take more, shorter epochs to the same step count
+    if tc.max_steps:  # a step budget instead of an epoch count (the last epoch may end part-way)
+        total_steps = tc.max_steps
     warmup_steps = steps_per_epoch * tc.warmup_epochs
     schedule = SCHEDULES[tc.schedule]
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
@@ -388,6 +390,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     t_start = time.time()
     epoch = start_epoch
     micro = local_batch // tc.grad_accum_steps
+    first_step_seconds: float | None = None
 
     while step < total_steps:
         round_info: dict[str, Any] = {}
@@ -468,6 +471,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             opt.step()
             _unwrap(model).on_step_end(step, total_steps)
             step += 1
+            if first_step_seconds is None:  # start-up cost of this (re)start: pool load or stream start
+                first_step_seconds = time.time() - t_begin
             losses.append(step_loss)
             now = time.time()
             if rank == 0 and tc.progress_every_s > 0 and now - last_progress >= tc.progress_every_s and i + 1 < epoch_steps:
@@ -501,6 +506,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             "images_per_s": trained * tc.batch_size / seconds,
             "epoch_seconds": seconds,
             "data_load_seconds": load_seconds,  # once per (re)start, before the first epoch
+            # from the start of the train function (this (re)start) to the end of its first optimizer step
+            "first_step_seconds": first_step_seconds,
             "active_samples": int(active_samples),  # the pool this epoch draws from, all workers together
             "samples_seen": int(samples_seen),  # trained on this epoch, all workers (a continued epoch: the rest)
             # planned batches that had to repeat samples because some never arrived, and what was missing:

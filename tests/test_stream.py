@@ -289,8 +289,13 @@ def test_a_stream_pruning_round_keeps_the_exact_fraction_and_the_next_epoch_read
     cfg = load_config(None, [f"run_dir={run}", "train.num_workers=0", "train.epochs=2", "data.cache=stream",
                              "train.record_seen_keys=true", "dynamic.policy=cluster_balance",
                              "dynamic.warmup_epochs=1", "dynamic.every_epochs=1", "dynamic.keep_fraction=0.5",
-                             "dynamic.subset_for_clustering=300", "dynamic.levels=[16,4]", *SMALL])
-    history = pretrain(cfg, pool, run).history
+                             "dynamic.subset_for_clustering=300", "dynamic.levels=[16,4]", *SMALL,
+                             "train.knn_monitor_every=1"])
+    heldout = ray_session.data.from_items([{"image": images[i][:, :, None], "label": int(labels[i])}
+                                           for i in range(4000, 4200)])
+    history = pretrain(cfg, pool, run, val_dataset=heldout).history
+    # the online kNN monitor works without the pool in memory: its bank is read from the pool's first shards
+    assert all(0.3 < h["knn_top1"] <= 1.0 for h in history)
     assert history[-1]["step"] == 2 * 512 // 64  # the unpruned step budget: 1 full epoch + 2 half epochs
     assert [h["active_samples"] for h in history] == [512, 256, 256]
     rounds = [h for h in history if "prune_round_seconds" in h]
@@ -323,3 +328,39 @@ def _sum_worker(rank: int, store: str, out: str) -> None:
         Path(out, f"rank{rank}").write_text(str(total))
     finally:
         dist.destroy_process_group()
+
+
+def test_the_shipped_224px_config_trains_on_a_folder_of_photos_kept_at_their_own_size(
+        ray_session, cifar10_root: Path, tmp_path: Path) -> None:
+    """configs/imagenet_style.yaml (ResNet-50, 224 px) on a folder of odd-sized photos (CIFAR-10 JPEGs
+    upscaled to 160..500 px each side): `sslpipe shard` keeps every image at its own size, and the stream
+    feed trains on them (two steps on the CPU here)."""
+    from PIL import Image
+
+    from pipelines.pretrain import pretrain
+    from pipelines.sources import shard_source
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "photos" / "any"
+    folder.mkdir(parents=True)
+    sizes = {}
+    for i, f in enumerate(sorted((cifar10_root / "train").glob("*/*.jpg"))[:16]):
+        w, h = (int(v) for v in rng.integers(160, 501, 2))
+        Image.open(f).convert("RGB").resize((w, h)).save(folder / f"p{i:02d}.jpg", quality=90)
+        sizes[f"any_p{i:02d}"] = (w, h)
+    report = shard_source(str(tmp_path / "photos"), str(tmp_path / "shards"), 8)
+    from curation.ingest import iter_samples
+
+    stored = {r["key"]: Image.open(io.BytesIO(r["image"])).size for p in report.paths for r in iter_samples(p)}
+    assert stored == sizes  # not resized on the way into shards
+
+    cfg = load_config(REPO / "configs" / "imagenet_style.yaml", [
+        f"run_dir={tmp_path / 'run'}", "train.use_gpu=false", "train.num_workers=0", "train.precision=fp32",
+        "train.compile=false", "train.batch_size=8", "train.max_steps=2", "train.knn_monitor_every=0",
+        "data.cache_budget_gb=0.001"])
+    assert (cfg.backbone.name, cfg.data.image_size) == ("resnet50", 224)
+    history = pretrain(cfg, ShardPool.count(report.paths), tmp_path / "run").history
+    assert history[-1]["step"] == 2 and np.isfinite(history[-1]["loss"])
+
+
+REPO = Path(__file__).resolve().parent.parent
