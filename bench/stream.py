@@ -114,7 +114,7 @@ def measure_speed(paths: list[str], n: int, mode: str, model: str, workdir: Path
 # --------------------------------------------------------------------------- 224 px photos
 
 
-def make_photos(cifar: Path, out: Path, n: int, seed: int = 0) -> tuple[Path, list[str]]:
+def make_photos(cifar: Path | None, out: Path, n: int, seed: int = 0) -> tuple[Path, list[str]]:
     """``n`` JPEG photos: CIFAR-10 train images upscaled to random width and height in 160..500 px, as a
     folder (for the DataLoader and ``read_images``) and as tar shards of the same bytes (for ours)."""
     from PIL import Image
@@ -127,11 +127,14 @@ def make_photos(cifar: Path, out: Path, n: int, seed: int = 0) -> tuple[Path, li
         return folder, [str(s) for s in shards]
     folder.mkdir(parents=True, exist_ok=True)
     shard_dir.mkdir(parents=True, exist_ok=True)
-    files = sorted((cifar / "train").glob("*/*.jpg"))
+    files = sorted((cifar / "train").glob("*/*.jpg")) if cifar is not None else []
     rng = np.random.default_rng(seed)
     samples = []
     for i in range(n):
-        src = Image.open(files[i % len(files)]).convert("RGB")
+        if files:
+            src = Image.open(files[i % len(files)]).convert("RGB")
+        else:  # no CIFAR-10 here (a GPU host): smooth random colour fields, as costly to decode
+            src = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((32, 32), Image.BICUBIC)
         w, h = (int(v) for v in rng.integers(160, 501, 2))
         buf = io.BytesIO()
         src.resize((w, h), Image.BICUBIC).save(buf, format="JPEG", quality=90)
@@ -330,15 +333,28 @@ def _child(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(out), flush=True)
 
 
+REUSE = False  # --reuse: take a part's result from an earlier run in the same --workdir
+
+
 def _run_child(kind: str, spec: dict, work: Path) -> dict:
-    path = work / f"spec_{kind}_{spec.get('n', spec.get('mode', ''))}.json"
+    """One measurement in a fresh process; its result is also kept in the workdir (``--reuse``)."""
+    tag = f"{kind}_{spec.get('n', spec.get('mode', ''))}"
+    done = work / f"result_{tag}.json"
+    if REUSE and done.exists():
+        return json.loads(done.read_text())
+    path = work / f"spec_{tag}.json"
     path.write_text(json.dumps(spec))
-    proc = subprocess.run([sys.executable, __file__, "--child", kind, "--spec", str(path)], capture_output=True,
-                          text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "RAY_TRAIN_V2_ENABLED": "1"})
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise SystemExit(f"{kind} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    for attempt in (1, 2):  # a local Ray that fails to start on a loaded machine gets one more try
+        proc = subprocess.run([sys.executable, __file__, "--child", kind, "--spec", str(path)], capture_output=True,
+                              text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "RAY_TRAIN_V2_ENABLED": "1"})
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode == 0 and lines:
+            result = json.loads(lines[-1][len("RESULT "):])
+            done.write_text(json.dumps(result))
+            return result
+        if attempt == 2 or "timed out during startup" not in proc.stderr:
+            raise SystemExit(f"{kind} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    raise AssertionError("unreachable")
 
 
 def main() -> None:
@@ -354,6 +370,7 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="comma list of parts to skip: memory,speed,feed224")
     parser.add_argument("--quick", action="store_true", help="smoke size: 2k/6k pools, 10 steps, small model")
     parser.add_argument("--workdir", help="keep generated shards and photos here (default: a temp dir)")
+    parser.add_argument("--reuse", action="store_true", help="reuse parts already measured in --workdir")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -361,8 +378,10 @@ def main() -> None:
         _child(args)
         return
     cifar = os.environ.get("SSLPIPE_CIFAR10")
-    if not cifar or not Path(cifar).is_dir():
+    if (not cifar or not Path(cifar).is_dir()) and not args.gpu:
         raise SystemExit("set SSLPIPE_CIFAR10 to the CIFAR-10 image folder (train|test/<class>/NNNN.jpg)")
+    global REUSE
+    REUSE = args.reuse
     if args.quick:
         args.sizes, args.steps, args.speed_n, args.feed_n, args.model = "2000,6000", 10, 2048, 384, "convnet_small"
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -373,7 +392,7 @@ def main() -> None:
     result: dict = {"cpus": os.cpu_count(), "object_store_mib": OBJECT_STORE_MIB, "model": args.model}
     try:
         if args.gpu:
-            _, shards = make_photos(Path(cifar), work, args.feed_n)
+            _, shards = make_photos(Path(cifar) if cifar and Path(cifar).is_dir() else None, work, args.feed_n)
             result["gpu"] = _run_child("gpu", {"shards": shards, "workdir": str(work), "steps": 30,
                                                "gpu_model": args.gpu_model}, work)
             print(json.dumps(result, indent=2))

@@ -102,6 +102,7 @@ cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "object_s
 cluster.add_node(num_cpus=3, object_store_memory=200 * 1024**2)
 ray.init(address=cluster.address, logging_level="WARNING")
 cluster.wait_for_nodes()
+ray.data.DataContext.get_current().enable_progress_bars = False  # Train propagates it to the workers
 
 from pipelines.config import load_config
 from pipelines.pretrain import pretrain
@@ -144,7 +145,7 @@ def two_node_runs(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("two_node")
     proc = subprocess.run(
         [sys.executable, "-c", MULTINODE_SCRIPT, str(tmp), json.dumps(MULTINODE_RUNS)],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+        cwd=REPO, capture_output=True, text=True, timeout=1200,  # two jobs (memory, stream) on one cluster
         env={**os.environ, "PYTHONPATH": str(REPO), "RAY_TRAIN_V2_ENABLED": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
