@@ -344,7 +344,7 @@ def _run_child(kind: str, spec: dict, work: Path) -> dict:
         return json.loads(done.read_text())
     path = work / f"spec_{tag}.json"
     path.write_text(json.dumps(spec))
-    for attempt in (1, 2):  # a local Ray that fails to start on a loaded machine gets one more try
+    for attempt in (1, 2, 3):  # a local Ray that fails to start on a loaded machine gets two more tries
         proc = subprocess.run([sys.executable, __file__, "--child", kind, "--spec", str(path)], capture_output=True,
                               text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "RAY_TRAIN_V2_ENABLED": "1"})
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -352,7 +352,7 @@ def _run_child(kind: str, spec: dict, work: Path) -> dict:
             result = json.loads(lines[-1][len("RESULT "):])
             done.write_text(json.dumps(result))
             return result
-        if attempt == 2 or "timed out during startup" not in proc.stderr:
+        if attempt == 3 or "timed out during startup" not in proc.stderr:
             raise SystemExit(f"{kind} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
     raise AssertionError("unreachable")
 
