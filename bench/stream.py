@@ -75,7 +75,12 @@ def _pool(paths: list[str], n: int):
 
 
 def _config(run_dir: Path, model: str, overrides: list[str]):
+    """A fresh run directory each time: pretrain() resumes from a checkpoint it finds there."""
+    import shutil
+
     from pipelines.config import load_config
+
+    shutil.rmtree(run_dir, ignore_errors=True)
 
     width = ["backbone.width=16"] if model == "convnet_small" else []
     return load_config(None, [
@@ -271,6 +276,9 @@ def measure_gpu(shards: list[str], workdir: Path, steps: int, model: str) -> dic
     from pipelines.pretrain import _build_optimizer, pretrain
     from ssl_models.augment import colour_views
 
+    import shutil
+
+    shutil.rmtree(workdir / "gpu", ignore_errors=True)  # a fresh run: pretrain() resumes from what it finds
     overrides = [f"run_dir={workdir / 'gpu'}", f"backbone.name={model}", "backbone.cifar_stem=false",
                  "data.image_size=224", "data.channels=3", "method.name=simclr", "train.batch_size=128",
                  "train.num_workers=1", "train.cpus_per_worker=1", "train.use_gpu=true", "train.precision=bf16",
@@ -338,7 +346,7 @@ REUSE = False  # --reuse: take a part's result from an earlier run in the same -
 
 def _run_child(kind: str, spec: dict, work: Path) -> dict:
     """One measurement in a fresh process; its result is also kept in the workdir (``--reuse``)."""
-    tag = f"{kind}_{spec.get('n', spec.get('mode', ''))}"
+    tag = f"{kind}_{spec.get('mode', '')}{spec.get('n', '')}"
     done = work / f"result_{tag}.json"
     if REUSE and done.exists():
         return json.loads(done.read_text())

@@ -312,12 +312,13 @@ def _colour_jitter(x: torch.Tensor, params: ViewParams, gather_rows: bool | None
     if gather_rows is None:
         gather_rows = dev.type == "cpu"
     for k in range(4):
-        if gather_rows:
-            x = x.clone()
+        if gather_rows:  # every row draws exactly one op per round, so each row of ``out`` is written once
+            out = torch.empty_like(x)
             for index, (op, _) in enumerate(ops):
                 rows = (order[:, k] == index).nonzero().squeeze(1)
                 if rows.numel():
-                    x[rows] = op(x[rows], factors[index][rows])
+                    out.index_copy_(0, rows, op(x.index_select(0, rows), factors[index][rows]))
+            x = out
         else:
             out = x
             for index, (op, _) in enumerate(ops):
