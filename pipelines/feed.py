@@ -522,13 +522,12 @@ def decoded_bytes_per_sample(image_size: int, channels: int) -> int:
 def choose_cache(mode: str, samples: int, image_size: int, channels: int, budget_gb: float) -> tuple[str, str]:
     """(``memory`` | ``stream``, why): ``auto`` keeps the pool in memory only when it fits the budget."""
     need = samples * decoded_bytes_per_sample(image_size, channels)
-    sized = (f"decoded pool {samples} x {image_size}x{image_size}x{channels} B = {need / 2**30:.2f} GiB, "
-             f"data.cache_budget_gb={budget_gb:g}")
+    sized = f"the decoded pool, {samples} x {image_size}x{image_size}x{channels} B = {need / 2**30:.3g} GiB,"
     if mode != "auto":
-        return mode, f"data.cache={mode} ({sized})"
+        return mode, f"data.cache={mode} as configured ({sized} not checked against a budget)"
     if need <= budget_gb * 2**30:
-        return "memory", f"data.cache=auto chose memory: {sized} fits"
-    return "stream", f"data.cache=auto chose stream: {sized} does not fit"
+        return "memory", f"data.cache=auto chose memory: {sized} fits data.cache_budget_gb={budget_gb:g}"
+    return "stream", f"data.cache=auto chose stream: {sized} does not fit data.cache_budget_gb={budget_gb:g}"
 
 
 def shard_keep_list(pool: ShardPool, keys: Sequence[str], shards: Sequence[int]) -> dict[int, list[str]]:

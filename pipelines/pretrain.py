@@ -632,7 +632,7 @@ def plan_feed(cfg: RunConfig, data: "ray.data.Dataset | ShardPool") -> tuple[str
                          f"train.batch_size or curate more data")
     mode, why = choose_cache(cfg.data.cache, data.total, cfg.data.image_size, cfg.data.channels,
                              cfg.data.cache_budget_gb)
-    say(f"[pretrain] feed: {mode} ({why}); {data.total} samples in {len(data.shards)} shard(s), "
+    say(f"[pretrain] feed: {mode}; {why}; {data.total} samples in {len(data.shards)} shard(s), "
         f"{data.total // tc.batch_size} steps per epoch")
     if mode == "stream":
         return mode, None
