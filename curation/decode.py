@@ -24,6 +24,7 @@ training views and evaluation see the same pixels:
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from typing import Literal
 
@@ -104,15 +105,28 @@ def decode_image(data: bytes, channels: int, *, intensity: Intensity = "full_ran
     return to_8bit(im, channels, intensity)
 
 
+def centre_square_box(width: int, height: int) -> tuple[int, int, int, int]:
+    """The largest centred square of a ``width`` x ``height`` image, as a PIL box."""
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
+
+
 def decode_to_array(data: bytes, size: int, channels: int, max_pixels: int = DEFAULT_MAX_PIXELS,
                     intensity: Intensity = "full_range") -> np.ndarray:
-    """Decode and resize to ``size`` x ``size``: uint8 [size, size, channels].
+    """The fixed-size evaluation view: uint8 [size, size, channels], aspect ratio kept.
 
-    The square resize ignores the aspect ratio; it is the fixed-size decode of the in-memory
-    feed for pools of small, square images (CIFAR, MNIST), where it is the identity.
+    The short side is resized to ``size`` and the centre square kept (torchvision's
+    ``Resize(size)`` + ``CenterCrop(size)``, done as one resample of the centre box), so a
+    wide or tall image is cropped, never squashed. For the small square images of CIFAR and
+    MNIST at their own size it is the identity. JPEGs are decoded reduced when the short side
+    allows it.
     """
-    im = decode_image(data, channels, intensity=intensity, max_pixels=max_pixels, draft_size=(size, size))
+    width, height = open_image(data, max_pixels).size  # header only: the pixel check happens here
+    short = max(1, min(width, height))
+    draft = (math.ceil(size * width / short), math.ceil(size * height / short))
+    im = decode_image(data, channels, intensity=intensity, max_pixels=max_pixels, draft_size=draft)
     if im.size != (size, size):
-        im = im.resize((size, size), Image.BILINEAR)
+        im = im.resize((size, size), Image.BILINEAR, box=centre_square_box(*im.size))
     arr = np.asarray(im, dtype=np.uint8)
     return arr[:, :, None] if channels == 1 else arr

@@ -66,12 +66,27 @@ class DataConfig:
     #: cap on the number of images taken from the source (0 = all): a reproducible random
     #: subset of an image folder, or the first N clean digits of the demo pool
     limit: int = 0
+    #: how pretraining reads the curated pool. ``memory``: decoded once into the workers' memory
+    #: at ``image_size`` (short side resized, centre square kept) and every view cut from that,
+    #: batched on the worker (fast for small pools). ``stream``: every epoch streams the shards
+    #: through Ray Data, which decodes each image at its own size and cuts the crops there
+    #: (RandomResizedCrop on the original), so memory does not grow with the pool. ``auto``:
+    #: ``memory`` when the decoded pool fits ``cache_budget_gb``, else ``stream`` (logged)
+    cache: Literal["auto", "memory", "stream"] = "auto"
+    #: decoded-pool size (GiB, all workers together) up to which ``cache: auto`` keeps it in memory
+    cache_budget_gb: float = 4.0
+    #: stream mode's local shuffle: a worker reads this many of its batches, permutes the samples
+    #: among them (seeded by seed, epoch, rank, window) and trains on them; memory per worker is
+    #: about this x batch x views x image_size^2 x channels bytes
+    shuffle_window_batches: int = 4
 
     def validate(self, path: str) -> None:
         _check(self.image_size >= 8, f"{path}.image_size", "an integer >= 8")
         _check(self.shard_size >= 1, f"{path}.shard_size", "an integer >= 1")
         _check(0 < self.demo_holdout < 5000, f"{path}.demo_holdout", "an integer in 1..4999")
         _check(self.limit >= 0, f"{path}.limit", "an integer >= 0 (0 = no limit)")
+        _check(self.cache_budget_gb >= 0, f"{path}.cache_budget_gb", "a number of GiB >= 0")
+        _check(self.shuffle_window_batches >= 1, f"{path}.shuffle_window_batches", "an integer >= 1")
 
 
 @dataclass
@@ -261,6 +276,15 @@ class TrainConfig:
     #: only: PyTorch's SyncBatchNorm refuses CPU modules under DDP
     sync_batchnorm: bool = False
     checkpoint_every_epochs: int = 1
+    #: train this many optimizer steps instead of ``epochs`` epochs (0 = ``epochs`` decides); the LR
+    #: schedule spans them and the last epoch may end part-way
+    max_steps: int = 0
+    #: also checkpoint every this many optimizer steps inside an epoch (0 = only at epoch ends);
+    #: a resumed run continues the interrupted epoch at its step (see pipelines/pretrain.py)
+    checkpoint_every_steps: int = 0
+    #: write the keys (stream mode) and sample ids each worker trained on, per epoch, to
+    #: ``run_dir/seen_keys/epoch_NNNNNN_rank_R.parquet``: an audit of what every epoch read
+    record_seen_keys: bool = False
     #: worker failures to survive (FailureConfig.max_failures)
     max_failures: int = 1
     #: torch threads per worker; 0 = cpus_per_worker rounded up
@@ -311,6 +335,8 @@ class TrainConfig:
         _check(self.weight_decay >= 0, f"{path}.weight_decay", "a number >= 0")
         _check(self.warmup_epochs >= 0, f"{path}.warmup_epochs", "an integer >= 0")
         _check(self.checkpoint_every_epochs >= 1, f"{path}.checkpoint_every_epochs", "an integer >= 1")
+        _check(self.max_steps >= 0, f"{path}.max_steps", "an integer >= 0 (0 = train.epochs decides)")
+        _check(self.checkpoint_every_steps >= 0, f"{path}.checkpoint_every_steps", "an integer >= 0 (0 = off)")
         _check(self.max_failures >= 0, f"{path}.max_failures", "an integer >= 0")
         _check(self.threads_per_worker >= 0, f"{path}.threads_per_worker", "an integer >= 0")
         _check(self.progress_every_s >= 0, f"{path}.progress_every_s", "a number of seconds >= 0 (0 = off)")
@@ -347,8 +373,14 @@ class DynamicConfig:
     #: clusters per level, finest first (empty = from the pool size)
     levels: list[int] = field(default_factory=list)
     resampling_steps: int = 3
+    #: stream mode: actors in the Ray Data pool that re-embeds the pool each round
+    embed_actors: int = 1
+    #: stream mode: GPUs per embedding actor (0 = CPU actors; a fraction shares a GPU)
+    embed_num_gpus: float = 0.0
 
     def validate(self, path: str) -> None:
+        _check(self.embed_actors >= 1, f"{path}.embed_actors", "an integer >= 1")
+        _check(self.embed_num_gpus >= 0, f"{path}.embed_num_gpus", "a number >= 0 (0 = CPU actors)")
         _check(self.warmup_epochs >= 0, f"{path}.warmup_epochs", "an integer >= 0")
         _check(self.every_epochs >= 1, f"{path}.every_epochs", "an integer >= 1")
         _check(0 < self.keep_fraction <= 1, f"{path}.keep_fraction", "a fraction in (0, 1]")
@@ -443,6 +475,12 @@ class RunConfig:
                     f"set eval.bank_source and eval.query_source (labelled folders or shards), or remove "
                     f"eval.{asked[0]} (without labels the run reports label-free metrics: RankMe, alignment, "
                     f"uniformity, feature std)")
+        _check(not (self.data.cache == "stream" and self.augment.renderer != "batched"), "augment.renderer",
+               "'batched' with data.cache=stream (the torchvision reference renderer works on the in-memory "
+               "pool only); set data.cache=memory to use it")
+        _check(not (self.data.limit and self.data.limit < self.train.batch_size), "data.limit",
+               f"0 or at least one global batch (train.batch_size={self.train.batch_size}, split over "
+               f"{max(1, self.train.num_workers)} worker(s)); lower train.batch_size or raise data.limit")
         if self.backbone.name.startswith("vit") or self.method.name in MASKED_IMAGE_METHODS:
             _check(self.data.image_size % self.backbone.patch_size == 0, "backbone.patch_size",
                    f"a divisor of data.image_size ({self.data.image_size}) for a ViT backbone")

@@ -137,7 +137,6 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
     from pipelines.pretrain import load_backbone, pretrain
     from pipelines.sources import resolve_sources
     from pipelines.eval_sets import resolve_eval_sets
-    from curation.ingest import read_decoded
 
     if until not in STAGES:
         raise InputError(f"unknown stage {until!r}; choose one of {', '.join(STAGES)}")
@@ -168,9 +167,10 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
         return _partial_report(run)
 
     def do_pretrain() -> dict[str, Any]:
-        d = cfg.data
-        ds = read_decoded(cur_rec["shards"], d.image_size, d.channels, d.intensity).select_columns(["image", "label"])
-        res = pretrain(cfg, ds, run.location, monitor_sets_for_run(cfg, pool_rec, cur_rec, labelled))
+        from pipelines.feed import ShardPool
+
+        pool = ShardPool.from_manifest(cur_rec["manifest"], cur_rec["shards"])  # kept samples per curated shard
+        res = pretrain(cfg, pool, run.location, monitor_sets_for_run(cfg, pool_rec, cur_rec, labelled))
         hist = res.history
         storage.write_text(run.join("metrics.jsonl"), "".join(json.dumps(h) + "\n" for h in hist))
         desc = (

@@ -16,6 +16,14 @@ The random half (``sample_view_params``) and the pixel half
 (``apply_view_params``) are separate functions: the parameter distributions are
 tested against torchvision's own samplers (``tests/ingest/test_augment_params.py``),
 and ``torchvision_recipe`` builds the per-sample pipeline we claim to match.
+
+Each half splits again into geometry and colour, for the streaming feed, where images keep
+their own size until they are cropped: ``sample_crop_params`` (box + flip, drawn per sample
+against that sample's own width/height) runs in the Ray Data stage next to the decoder, which
+cuts ``crop_box_pixels`` out of the original image; ``sample_colour_params`` +
+``apply_colour_params`` run batched on the training worker's device over the fixed-size
+crops. ``sample_view_params`` draws both halves in one fixed order, so the in-memory path
+(``augment_batch``) gives the same views as before the split.
 """
 
 from __future__ import annotations
@@ -90,47 +98,84 @@ def _jitter_range(strength: float) -> tuple[float, float]:
     return max(0.0, 1.0 - strength), 1.0 + strength
 
 
-def _sample_crop_boxes(n: int, recipe: ViewRecipe, aspect: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _sample_crop_boxes(n: int, recipe: ViewRecipe, aspect: float | torch.Tensor,
+                       gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-sample crop (width, height) as fractions of the source side, and a fallback flag.
 
     Mirrors torchvision's ``RandomResizedCrop.get_params``: area ~ U(scale),
     log-ratio ~ U(log ratio), up to 10 tries per image; an image with no valid
     try gets torchvision's fallback, the central crop with the ratio clamped to
     the allowed range (the full image when its own ratio is allowed).
-    ``aspect`` is the source width / height in pixels.
+    ``aspect`` is the source width / height in pixels: one number for the whole batch,
+    or one per sample (the streaming feed, where every image keeps its own shape).
+    The random draws do not depend on ``aspect``, so a sample's box depends only on the
+    generator state and its own aspect, never on its neighbours'.
     """
     tries = 10
     lo, hi = recipe.crop_scale
     area = lo + (hi - lo) * torch.rand(n, tries, generator=gen)
     log_lo, log_hi = math.log(recipe.crop_ratio[0]), math.log(recipe.crop_ratio[1])
     ratio = torch.exp(log_lo + (log_hi - log_lo) * torch.rand(n, tries, generator=gen))
+    per_sample = torch.is_tensor(aspect)
+    a = (aspect.to(torch.float32) if per_sample else torch.full((n,), float(aspect)))
     # fractions of source width and height; ratio is width/height in pixels
-    w = torch.sqrt(area * ratio / aspect)
-    h = torch.sqrt(area / ratio * aspect)
+    w = torch.sqrt(area * ratio / a[:, None])
+    h = torch.sqrt(area / ratio * a[:, None])
     valid = (w <= 1.0) & (h <= 1.0)
     first = torch.where(valid.any(1), valid.float().argmax(1), torch.full((n,), -1))
     idx = first.clamp(min=0)
     w_sel = w.gather(1, idx[:, None]).squeeze(1)
     h_sel = h.gather(1, idx[:, None]).squeeze(1)
     fallback = first < 0
-    if aspect < recipe.crop_ratio[0]:  # too tall: full width, height cut to the smallest ratio
-        fb_w, fb_h = 1.0, aspect / recipe.crop_ratio[0]
-    elif aspect > recipe.crop_ratio[1]:  # too wide: full height, width cut to the largest ratio
-        fb_w, fb_h = recipe.crop_ratio[1] / aspect, 1.0
-    else:
-        fb_w, fb_h = 1.0, 1.0
-    w_sel = torch.where(fallback, torch.full_like(w_sel, fb_w), w_sel)
-    h_sel = torch.where(fallback, torch.full_like(h_sel, fb_h), h_sel)
+    r_lo, r_hi = recipe.crop_ratio
+    # too tall: full width, height cut to the smallest ratio; too wide: full height, width cut
+    # to the largest ratio; otherwise the whole image
+    fb_w = torch.where(a > r_hi, r_hi / a, torch.ones_like(a))
+    fb_h = torch.where(a < r_lo, a / r_lo, torch.ones_like(a))
+    w_sel = torch.where(fallback, fb_w, w_sel)
+    h_sel = torch.where(fallback, fb_h, h_sel)
     return w_sel, h_sel, fallback
 
 
-def sample_view_params(n: int, recipe: ViewRecipe, aspect: float = 1.0, generator: torch.Generator | None = None) -> ViewParams:
-    """Draw the random parameters of ``n`` views, one set per sample.
+@dataclass
+class CropParams:
+    """The geometric half of a view: crop box (fractions of the source side, centre in ``[-1, 1]``
+    grid coordinates) and the horizontal flip, per sample."""
 
-    The distributions are torchvision's SimCLR recipe (see ``torchvision_recipe``):
-    crop as ``RandomResizedCrop.get_params``, crop position uniform over the
-    valid offsets, flip / jitter / grayscale / blur each a Bernoulli with the
-    recipe's probability, jitter factors uniform as in ``ColorJitter.get_params``.
+    crop_w: torch.Tensor
+    crop_h: torch.Tensor
+    center_x: torch.Tensor
+    center_y: torch.Tensor
+    flip: torch.Tensor  # bool
+    fallback: torch.Tensor  # bool: no try was valid, the central clamped-ratio crop was used
+
+    def __len__(self) -> int:
+        return int(self.crop_w.shape[0])
+
+
+@dataclass
+class ColourParams:
+    """The photometric half of a view, per sample (see ``ViewParams`` for the fields)."""
+
+    jitter: torch.Tensor
+    brightness: torch.Tensor
+    contrast: torch.Tensor
+    saturation: torch.Tensor
+    hue: torch.Tensor
+    grayscale: torch.Tensor
+    blur: torch.Tensor
+    sigma: torch.Tensor
+    jitter_order: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.jitter.shape[0])
+
+
+def sample_crop_params(n: int, recipe: ViewRecipe, aspect: float | torch.Tensor = 1.0,
+                       generator: torch.Generator | None = None) -> CropParams:
+    """Crop box and flip of ``n`` views: ``RandomResizedCrop.get_params`` + ``RandomHorizontalFlip``.
+
+    ``aspect``: source width / height, one for all or a tensor with one per sample.
     """
     gen = generator if generator is not None else torch.default_generator
     cw, ch, fallback = _sample_crop_boxes(n, recipe, aspect, gen)
@@ -138,6 +183,13 @@ def sample_view_params(n: int, recipe: ViewRecipe, aspect: float = 1.0, generato
     cx = torch.where(fallback, torch.zeros(n), (torch.rand(n, generator=gen) * 2 - 1) * (1 - cw))
     cy = torch.where(fallback, torch.zeros(n), (torch.rand(n, generator=gen) * 2 - 1) * (1 - ch))
     flip = torch.rand(n, generator=gen) < recipe.flip_prob
+    return CropParams(cw, ch, cx, cy, flip, fallback)
+
+
+def sample_colour_params(n: int, recipe: ViewRecipe, generator: torch.Generator | None = None) -> ColourParams:
+    """Colour jitter factors and order, grayscale and blur gates of ``n`` views (``ColorJitter.get_params``,
+    the Bernoulli gates of ``RandomApply`` / ``RandomGrayscale``)."""
+    gen = generator if generator is not None else torch.default_generator
     s = recipe.jitter_strength
     jitter = torch.rand(n, generator=gen) < recipe.jitter_prob if s > 0 else torch.zeros(n, dtype=torch.bool)
     brightness = _uniform(n, *_jitter_range(0.8 * s), gen)
@@ -149,8 +201,35 @@ def sample_view_params(n: int, recipe: ViewRecipe, aspect: float = 1.0, generato
     blur = torch.rand(n, generator=gen) < recipe.blur_prob
     sigma = _uniform(n, recipe.blur_sigma[0], recipe.blur_sigma[1], gen).clamp(min=0.1)
     jitter_order = torch.rand(n, 4, generator=gen).argsort(dim=1)
-    return ViewParams(cw, ch, cx, cy, flip, jitter, brightness, contrast, saturation, hue, grayscale, blur, sigma,
-                      fallback, jitter_order)
+    return ColourParams(jitter, brightness, contrast, saturation, hue, grayscale, blur, sigma, jitter_order)
+
+
+def sample_view_params(n: int, recipe: ViewRecipe, aspect: float = 1.0, generator: torch.Generator | None = None) -> ViewParams:
+    """Draw the random parameters of ``n`` views, one set per sample.
+
+    The distributions are torchvision's SimCLR recipe (see ``torchvision_recipe``):
+    crop as ``RandomResizedCrop.get_params``, crop position uniform over the
+    valid offsets, flip / jitter / grayscale / blur each a Bernoulli with the
+    recipe's probability, jitter factors uniform as in ``ColorJitter.get_params``.
+    Geometry is drawn first, then colour, from the same generator.
+    """
+    gen = generator if generator is not None else torch.default_generator
+    crop = sample_crop_params(n, recipe, aspect, gen)
+    colour = sample_colour_params(n, recipe, gen)
+    return ViewParams(crop.crop_w, crop.crop_h, crop.center_x, crop.center_y, crop.flip, colour.jitter,
+                      colour.brightness, colour.contrast, colour.saturation, colour.hue, colour.grayscale,
+                      colour.blur, colour.sigma, crop.fallback, colour.jitter_order)
+
+
+def crop_box_pixels(params: CropParams | ViewParams, i: int, width: int, height: int) -> tuple[float, float, float, float]:
+    """Sample ``i``'s crop as a (left, top, right, bottom) box in source pixels (PIL's ``box``).
+
+    The same box that ``apply_crop_params`` resamples on the grid: width ``crop_w * width``,
+    centred at ``(center_x + 1) / 2 * width``; continuous, as the batched path.
+    """
+    bw, bh = float(params.crop_w[i]) * width, float(params.crop_h[i]) * height
+    cx, cy = (float(params.center_x[i]) + 1) / 2 * width, (float(params.center_y[i]) + 1) / 2 * height
+    return cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
@@ -233,12 +312,13 @@ def _colour_jitter(x: torch.Tensor, params: ViewParams, gather_rows: bool | None
     if gather_rows is None:
         gather_rows = dev.type == "cpu"
     for k in range(4):
-        if gather_rows:
-            x = x.clone()
+        if gather_rows:  # every row draws exactly one op per round, so each row of ``out`` is written once
+            out = torch.empty_like(x)
             for index, (op, _) in enumerate(ops):
                 rows = (order[:, k] == index).nonzero().squeeze(1)
                 if rows.numel():
-                    x[rows] = op(x[rows], factors[index][rows])
+                    out.index_copy_(0, rows, op(x.index_select(0, rows), factors[index][rows]))
+            x = out
         else:
             out = x
             for index, (op, _) in enumerate(ops):
@@ -262,35 +342,41 @@ def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return flat.reshape(n, c, h, w)
 
 
-def apply_view_params(images: torch.Tensor, params: ViewParams, recipe: ViewRecipe) -> torch.Tensor:
-    """Render the views described by ``params``: the deterministic half of ``augment_batch``.
-
-    Args:
-        images: uint8 [N, C, H, W] (C = 1 or 3) or float in [0, 1].
-        params: one parameter set per image (``sample_view_params``).
-        recipe: gives the output size and the normalisation.
-
-    Returns:
-        float32 [N, C, size, size], normalised with ``recipe.mean``/``recipe.std``.
-    """
+def apply_crop_params(images: torch.Tensor, params: CropParams | ViewParams, size: int) -> torch.Tensor:
+    """Random resized crop + horizontal flip as one affine resample: float [N, C, size, size] in [0, 1]."""
     x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
     n, c, h, w = x.shape
     if len(params) != n:
         raise ValueError(f"{len(params)} parameter sets for {n} images")
-    dev = x.device
-
-    def per_sample(t: torch.Tensor) -> torch.Tensor:
-        return t.to(dev, x.dtype)[:, None, None, None]
-
-    # random resized crop + horizontal flip as one affine resample
     sign = torch.where(params.flip, -1.0, 1.0)
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0] = params.crop_w * sign
     theta[:, 0, 2] = params.center_x
     theta[:, 1, 1] = params.crop_h
     theta[:, 1, 2] = params.center_y
-    grid = F.affine_grid(theta.to(dev, x.dtype), [n, c, recipe.size, recipe.size], align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    grid = F.affine_grid(theta.to(x.device, x.dtype), [n, c, size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def apply_colour_params(images: torch.Tensor, params: ColourParams | ViewParams, recipe: ViewRecipe) -> torch.Tensor:
+    """Colour jitter, grayscale, blur and normalisation of fixed-size views, batched on their device.
+
+    Args:
+        images: uint8 [N, C, H, W] or float in [0, 1] (e.g. ``apply_crop_params``' output).
+        params: one parameter set per image.
+        recipe: gives the normalisation.
+
+    Returns:
+        float32 [N, C, H, W], normalised with ``recipe.mean``/``recipe.std``.
+    """
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    n, c = x.shape[:2]
+    if len(params) != n:
+        raise ValueError(f"{len(params)} parameter sets for {n} images")
+    dev = x.device
+
+    def per_sample(t: torch.Tensor) -> torch.Tensor:
+        return t.to(dev, x.dtype)[:, None, None, None]
 
     if bool(params.jitter.any()):
         x = torch.where(per_sample(params.jitter) > 0, _colour_jitter(x, params), x)
@@ -306,6 +392,29 @@ def apply_view_params(images: torch.Tensor, params: ViewParams, recipe: ViewReci
     mean_t = torch.tensor(recipe.mean, device=dev).view(1, -1, 1, 1)
     std_t = torch.tensor(recipe.std, device=dev).view(1, -1, 1, 1)
     return (x - mean_t) / std_t
+
+
+def apply_view_params(images: torch.Tensor, params: ViewParams, recipe: ViewRecipe) -> torch.Tensor:
+    """Render the views described by ``params``: the deterministic half of ``augment_batch``.
+
+    Args:
+        images: uint8 [N, C, H, W] (C = 1 or 3) or float in [0, 1].
+        params: one parameter set per image (``sample_view_params``).
+        recipe: gives the output size and the normalisation.
+
+    Returns:
+        float32 [N, C, size, size], normalised with ``recipe.mean``/``recipe.std``.
+    """
+    return apply_colour_params(apply_crop_params(images, params, recipe.size), params, recipe)
+
+
+def colour_views(crops: torch.Tensor, recipe: ViewRecipe, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The worker's half of a streamed view: per-sample colour parameters, batched pixels.
+
+    ``crops``: uint8 [N, C, size, size] already cropped and flipped (the Ray Data stage), on
+    any device; the parameters are drawn on the CPU from ``generator``.
+    """
+    return apply_colour_params(crops, sample_colour_params(len(crops), recipe, generator), recipe)
 
 
 def augment_batch(images: torch.Tensor, recipe: ViewRecipe, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -53,18 +53,38 @@ def _kill_a_worker_after_first_checkpoint(run_dir: Path, killed: list[int], dead
         time.sleep(0.2)
 
 
+def _digit_pool(root: Path, n: int, shard_size: int = 100):
+    """The first ``n`` digits as tar shards (PNG), counted: the input of the stream feed."""
+    from curation.planting import encode_png
+    from curation.shards import Sample, write_shard
+    from pipelines.feed import ShardPool
+    from pipelines.sources import load_mnist_digits
+
+    images, labels = load_mnist_digits()
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for start in range(0, n, shard_size):
+        path = root / f"shard-{start // shard_size:06d}.tar"
+        write_shard([Sample(f"d{i:05d}", encode_png(images[i]), "png", int(labels[i]))
+                     for i in range(start, min(n, start + shard_size))], path)
+        paths.append(str(path))
+    return ShardPool.count(paths)
+
+
 @pytest.mark.slow
-def test_killed_worker_is_replaced_and_training_finishes_all_steps(ray_session, tmp_path: Path) -> None:
+@pytest.mark.parametrize("feed", ["memory", "stream"])
+def test_killed_worker_is_replaced_and_training_finishes_all_steps(ray_session, tmp_path: Path, feed: str) -> None:
     from pipelines.config import load_config
     from pipelines.pretrain import pretrain
 
     epochs, n = 8, 512
     cfg = load_config(None, [f"run_dir={tmp_path}", "train.num_workers=2", f"train.epochs={epochs}",
-                             "train.max_failures=2", *SMALL])
+                             "train.max_failures=2", f"data.cache={feed}", *SMALL])
+    data = _digits_dataset(ray_session, n) if feed == "memory" else _digit_pool(tmp_path / "pool", n)
     killed: list[int] = []
     killer = threading.Thread(target=_kill_a_worker_after_first_checkpoint, args=(tmp_path, killed), daemon=True)
     killer.start()
-    result = pretrain(cfg, _digits_dataset(ray_session, n), tmp_path)
+    result = pretrain(cfg, data, tmp_path)
     killer.join(timeout=5)
 
     assert killed, "the test never killed a worker"
@@ -82,20 +102,27 @@ cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "object_s
 cluster.add_node(num_cpus=3, object_store_memory=200 * 1024**2)
 ray.init(address=cluster.address, logging_level="WARNING")
 cluster.wait_for_nodes()
+ray.data.DataContext.get_current().enable_progress_bars = False  # Train propagates it to the workers
 
 from pipelines.config import load_config
 from pipelines.pretrain import pretrain
 from pipelines.sources import load_mnist_digits
 
+from pathlib import Path
+from tests.test_distributed import _digit_pool
+
 images, labels = load_mnist_digits()
 ds = ray.data.from_items([{"image": images[i][:, :, None], "label": int(labels[i])} for i in range(256)])
+pool = None
 out = {"cluster_nodes": len(ray.nodes()), "runs": []}
 for k, overrides in enumerate(json.loads(sys.argv[2])):  # several jobs on one cluster: it starts once
     # 2 CPUs per worker on 3-CPU nodes: one worker per node, one CPU left on each for Ray Data
     cfg = load_config(None, [f"run_dir={sys.argv[1]}/run{k}", "train.num_workers=2", "train.cpus_per_worker=2",
                              "train.threads_per_worker=1", *overrides])
-    result = pretrain(cfg, ds, f"{sys.argv[1]}/run{k}")
-    out["runs"].append({"nodes": result.history[-1]["nodes"], "history": result.history})
+    if cfg.data.cache == "stream":  # the same 256 digits as shards, streamed
+        pool = pool or _digit_pool(Path(sys.argv[1]) / "pool", 256, shard_size=64)
+    result = pretrain(cfg, pool if cfg.data.cache == "stream" else ds, f"{sys.argv[1]}/run{k}")
+    out["runs"].append({"nodes": result.history[-1]["nodes"], "history": result.history, "run_dir": f"{sys.argv[1]}/run{k}"})
 print(json.dumps(out))
 ray.shutdown()
 cluster.shutdown()
@@ -107,6 +134,9 @@ cluster.shutdown()
 MULTINODE_RUNS = [
     ["train.epochs=3", "dynamic.policy=cluster_balance", "dynamic.warmup_epochs=1", "dynamic.every_epochs=1",
      "dynamic.keep_fraction=0.5", *SMALL],
+    # the same job streamed: each worker reads its own part of every epoch, pruning rounds are Ray Data jobs
+    ["train.epochs=3", "dynamic.policy=cluster_balance", "dynamic.warmup_epochs=1", "dynamic.every_epochs=1",
+     "dynamic.keep_fraction=0.5", "data.cache=stream", "train.record_seen_keys=true", "dynamic.levels=[8,2]", *SMALL],
 ]
 
 
@@ -115,7 +145,7 @@ def two_node_runs(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("two_node")
     proc = subprocess.run(
         [sys.executable, "-c", MULTINODE_SCRIPT, str(tmp), json.dumps(MULTINODE_RUNS)],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+        cwd=REPO, capture_output=True, text=True, timeout=1200,  # two jobs (memory, stream) on one cluster
         env={**os.environ, "PYTHONPATH": str(REPO), "RAY_TRAIN_V2_ENABLED": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -147,3 +177,26 @@ def test_dynamic_pruning_on_a_two_node_cluster(two_node_runs: dict) -> None:
     rounds = [h for h in history if "prune_round_seconds" in h]
     assert len(rounds) == len(history) - 1  # a round before every epoch after the warm-up
     assert all(0 < h["prune_cluster_entropy_after"] <= 1 for h in rounds)
+
+
+@pytest.mark.slow
+def test_streaming_and_stream_pruning_on_a_two_node_cluster(two_node_runs: dict) -> None:
+    """Stream feed on two Ray nodes: one worker per node, each reading its own part of every epoch; the
+    pruning rounds run as Ray Data jobs and every later epoch reads exactly the keep-list, split between
+    the nodes."""
+    import pyarrow.parquet as pq
+
+    run = two_node_runs["runs"][1]
+    history, run_dir = run["history"], Path(run["run_dir"])
+    assert run["nodes"] == 2
+    assert [h["step"] for h in history] == [4, 6, 8, 10, 12]  # the unpruned budget, 3 x 256 // 64
+    assert [h["active_samples"] for h in history] == [256, 128, 128, 128, 128]
+    for epoch in range(1, 6):
+        per_rank = [pq.read_table(run_dir / "seen_keys" / f"epoch_{epoch:06d}_rank_{r}.parquet").column("key")
+                    .to_pylist() for r in (0, 1)]
+        assert len(per_rank[0]) == len(per_rank[1]) and not set(per_rank[0]) & set(per_rank[1])  # disjoint halves
+        if epoch > 1:
+            keep = pq.read_table(run_dir / "keep_lists" / f"epoch_{epoch:06d}.parquet").column("key").to_pylist()
+            assert len(keep) == 128 and sorted(per_rank[0] + per_rank[1]) == sorted(keep)
+    rounds = [h for h in history if "prune_round_seconds" in h]
+    assert len(rounds) == 4 and all(h["prune_kept"] == 128 for h in rounds)

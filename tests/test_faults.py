@@ -172,12 +172,15 @@ def _wait_for_registered_checkpoint(run_dir: Path, proc: subprocess.Popen, deadl
 
 
 @pytest.mark.slow
-def test_killed_driver_resumes_from_last_stage_and_checkpoint(ray_session, tmp_path: Path) -> None:
+@pytest.mark.parametrize("feed", ["memory", "stream"])
+def test_killed_driver_resumes_from_last_stage_and_checkpoint(ray_session, tmp_path: Path, feed: str) -> None:
     """SIGKILL ``sslpipe run`` once training has a checkpoint; ``--resume`` skips pool and curation,
-    resumes training from the checkpoint and ends at the planned number of optimizer steps."""
+    resumes training from the checkpoint and ends at the planned number of optimizer steps, with the
+    curated pool held in memory or streamed every epoch."""
     run_dir = tmp_path / "run"
     epochs = 6
     args = [sys.executable, "-m", "pipelines.cli", "run", str(REPO / "configs" / "demo.yaml"), f"run_dir={run_dir}",
+            f"data.cache={feed}",
             "data.limit=600", "data.demo_holdout=200", f"train.epochs={epochs}", "train.time_budget_s=0",
             "train.warmup_epochs=0", "backbone.width=8", "method.proj_hidden_dim=32", "method.proj_dim=16",
             "train.batch_size=64", "train.knn_monitor_every=0", "eval.few_shot_tries=0", "eval.robustness=false",
