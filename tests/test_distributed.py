@@ -72,7 +72,9 @@ def _digit_pool(root: Path, n: int, shard_size: int = 100):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("feed", ["memory", "stream"])
+# streamed only (the harder case: a replaced worker must rejoin its part of the epoch's stream); the memory feed's
+# fault path is the killed-driver test in tests/test_faults.py
+@pytest.mark.parametrize("feed", ["stream"])
 def test_killed_worker_is_replaced_and_training_finishes_all_steps(ray_session, tmp_path: Path, feed: str) -> None:
     from pipelines.config import load_config
     from pipelines.pretrain import pretrain
