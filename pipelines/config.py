@@ -114,6 +114,10 @@ class CurateConfig:
     #: SemDeDup: spherical k-means clusters (0 = off) and the cosine margin eps (dup if cos > 1 - eps)
     semdedup_clusters: int = 0
     semdedup_eps: float = 0.05
+    #: which earlier points of its cluster a point is compared with: ``reference`` (every one, kept or
+    #: removed: the paper's code, removes whole chains) or ``kept_only`` (kept ones only: every removed
+    #: point stays within eps of a survivor, removes less)
+    semdedup_mode: Literal["reference", "kept_only"] = "reference"
     #: balanced sampling (Vo et al. 2024): keep this fraction of what survived dedup (1.0 = off)
     balance_fraction: float = 1.0
     #: clusters per level of the hierarchical k-means, finest first (empty = chosen from the pool size)
