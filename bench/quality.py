@@ -80,7 +80,10 @@ KNOWN_DIFFERENCES = [
     "lightly's loop under the system malloc as a LightlySSL user runs it (--lightly-malloc changes that); "
     "the 'malloc' field of each system says which ran.",
     "bf16 (--precision bf16 only): lightly's loss runs inside the autocast region as a Lightning bf16-mixed "
-    "user's does (its similarity matmul in bf16); sslpipe computes every loss in fp32 (ssl_models/losses/_precision.py).",
+    "user's does (its similarity matmul in bf16); sslpipe computes every loss in fp32 (ssl_models/losses/_precision.py; "
+    "tests/ssl_models/test_losses.py checks each registered loss). Before issue #31, sslpipe's NT-Xent was the "
+    "exception: its similarity matmul ran in bf16 too (logits cast to fp32 after it), so bf16 figures measured "
+    "before that fix had both losses' matmuls in bf16.",
     "schedule: cosine over the steps of the run, no warm-up, in both (lightly's benchmark steps its "
     "CosineAnnealingLR once per epoch, which for a 1-epoch run would be a constant LR).",
 ]
