@@ -9,6 +9,7 @@ overrides from the command line go through the same checks.
 from __future__ import annotations
 
 import dataclasses
+import re
 import reprlib
 import types
 import typing
@@ -477,14 +478,35 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
     return _build(RunConfig, data, "")
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, with YAML 1.2's float spellings.
+
+    PyYAML implements YAML 1.1, whose floats need a dot and a signed exponent: ``1e-3``,
+    ``1E5``, ``1.0e5`` and ``2e+2`` load as *strings*, so ``train.lr: 1e-3`` would be refused
+    as "not a number".  This loader reads every spelling with an exponent as a float too.
+    """
+
+
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text as every config, sweep file and ``key=value`` override is parsed (safe, YAML 1.2 floats)."""
+    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``train.epochs=5`` -> (["train", "epochs"], 5); the value is parsed as YAML."""
+    """``train.epochs=5`` -> (["train", "epochs"], 5); the value is parsed as YAML (``train.lr=1e-3`` is a float)."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not of the form key=value (e.g. train.epochs=5)")
     key, raw = text.split("=", 1)
     if not key:
         raise ConfigError(f"override {text!r} has an empty key")
-    return key.split("."), yaml.safe_load(raw) if raw != "" else ""
+    return key.split("."), load_yaml(raw) if raw != "" else ""
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
@@ -512,7 +534,7 @@ def read_yaml_file(path: str | Path, what: str, example: str) -> Any:
     if not p.is_file():
         raise ConfigError(f"{what} file not found: {p} (pass a YAML file, e.g. {example})")
     try:
-        return yaml.safe_load(p.read_text())
+        return load_yaml(p.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{what} file {p} is not valid YAML: {exc}") from None
 

@@ -104,3 +104,35 @@ def test_backbone_stem_relu_false_reaches_the_resnet() -> None:
     with_relu = build_method_from_config(load_config(None, base)).backbone
     without = build_method_from_config(load_config(None, [*base, "backbone.stem_relu=false"])).backbone
     assert isinstance(with_relu.relu, torch.nn.ReLU) and isinstance(without.relu, torch.nn.Identity)
+
+
+FLOAT_SPELLINGS = ["1e-3", "1E-3", "1.0e-3", "1.e-3", "+1e-3", "1e-03", "0.001", ".001", "1_0e-4", "10.0E-4"]
+
+
+@pytest.mark.parametrize("spelling", FLOAT_SPELLINGS)
+def test_every_float_spelling_is_a_number_on_the_command_line_and_in_files(spelling: str, tmp_path: Path) -> None:
+    """PyYAML (YAML 1.1) reads ``1e-3`` as a string; a config must read it as the number it is."""
+    assert load_config(None, [f"train.lr={spelling}"]).train.lr == pytest.approx(1e-3)
+    path = tmp_path / "c.yaml"
+    path.write_text(f"train:\n  lr: {spelling}\n  weight_decay: {spelling}\n")
+    cfg = load_config(path)
+    assert cfg.train.lr == pytest.approx(1e-3) and cfg.train.weight_decay == pytest.approx(1e-3)
+
+
+def test_exponent_floats_in_sweep_files(tmp_path: Path) -> None:
+    from pipelines.sweep import load_search_space
+
+    (tmp_path / "base.yaml").write_text("train: {num_workers: 0, lr: 2e-3}\n")
+    path = tmp_path / "sweep.yaml"
+    path.write_text("base: base.yaml\noverrides: {train.weight_decay: 5e-4}\n"
+                    "search: {train.lr: {loguniform: [1e-4, 1E-2]}}\n")
+    spec = load_search_space(path)
+    assert spec.search["train.lr"].values == [1e-4, 1e-2]
+    assert (spec.base.train.lr, spec.base.train.weight_decay) == (2e-3, 5e-4)
+
+
+def test_strings_and_integers_stay_what_they_were() -> None:
+    from pipelines.config import load_yaml
+
+    assert load_yaml("a: 5\nb: 1_000\nc: e5\nd: 1e\ne: v1e3\nf: '1e-3'\ng: .inf") == \
+        {"a": 5, "b": 1000, "c": "e5", "d": "1e", "e": "v1e3", "f": "1e-3", "g": float("inf")}
