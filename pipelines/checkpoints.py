@@ -7,6 +7,7 @@ so it can be rebuilt without the run directory that produced it.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,10 @@ import torch
 import torchvision
 
 from curation.errors import InputError
-from pipelines.config import ConfigError, RunConfig, config_from_dict
+from pipelines.config import METHOD_KEYS, ConfigError, RunConfig, config_from_dict
 from pipelines.models import build_method_from_config
+
+log = logging.getLogger("sslpipe.checkpoints")
 
 
 def load_checkpoint(path: str | Path) -> tuple[RunConfig, dict[str, Any]]:
@@ -32,9 +35,29 @@ def load_checkpoint(path: str | Path) -> tuple[RunConfig, dict[str, Any]]:
     if not isinstance(state, dict) or "method" not in state or "config" not in state:
         raise InputError(f"{path} is not an sslpipe checkpoint (no method weights and config inside)")
     try:
-        return config_from_dict(state["config"]), state
+        return config_from_dict(_without_ignored_method_keys(state["config"])), state
     except ConfigError as exc:
         raise InputError(f"{path}: the config stored in this checkpoint is not valid: {exc}") from None
+
+
+def _without_ignored_method_keys(config: Any) -> Any:
+    """A checkpoint's config without the ``method:`` keys its method does not take.
+
+    Checkpoints written before every method hyperparameter became a key stored ``temperature`` and the
+    projector sizes for every method, and the method ignored those it did not take (BYOL's temperature,
+    MAE's projector). A config now refuses them, so they are dropped here, which rebuilds exactly the
+    model that was trained. Checkpoints written since hold no such keys: their config was validated.
+    """
+    if not isinstance(config, dict) or not isinstance(config.get("method"), dict):
+        return config
+    method = config["method"]
+    takes = METHOD_KEYS.get(method.get("name", "simclr"))
+    if takes is None:
+        return config
+    ignored = sorted(k for k in method if k != "name" and k not in takes and method[k] is not None)
+    if ignored:
+        log.info("checkpoint config: %s ignored %s when it was trained; dropped", method.get("name"), ", ".join(ignored))
+    return {**config, "method": {k: v for k, v in method.items() if k not in ignored}}
 
 
 def load_backbone_from_checkpoint(path: str | Path) -> tuple[RunConfig, torch.nn.Module]:

@@ -84,6 +84,7 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
     """Run the chain up to and including ``until``; returns the run directory."""
     from pipelines.curate import curate
     from pipelines.evaluate import full_evaluation, load_labelled
+    from pipelines.models import resolved_method_hparams
     from pipelines.pretrain import load_backbone, pretrain
     from pipelines.report import build_report
     from pipelines.sources import resolve_sources
@@ -123,10 +124,11 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
         res = pretrain(cfg, ds, run.path, val_dataset=val)
         hist = res.history
         write_text_atomic("".join(json.dumps(h) + "\n" for h in hist), run.path / "metrics.jsonl")
+        temperature = resolved_method_hparams(cfg).get("temperature")  # None: the method has none (BYOL, MAE, ...)
         desc = (
             f"{cfg.method.name} on {cfg.backbone.name}, {cfg.train.num_workers} Ray Train worker(s) "
             f"(DDP, gloo), global batch {cfg.train.batch_size}, {cfg.train.optimizer} lr {cfg.train.lr}, "
-            f"temperature {cfg.method.temperature}, {cfg.train.precision}."
+            + (f"temperature {temperature}, " if temperature is not None else "") + f"{cfg.train.precision}."
         )
         return {"checkpoint": str(res.checkpoint_path), "history": hist, "seconds": res.seconds, "description": desc}
 
