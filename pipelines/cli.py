@@ -82,9 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS, else start a local Ray)")
 
     p = verbs.add_parser("export", help="export a checkpoint's backbone to load without sslpipe",
-                         description="ResNets: a plain torchvision state_dict (+ arch facts); other backbones: TorchScript.")
+                         description="Writes the folder OUT: backbone.safetensors (weights), architecture.json "
+                                     "(architecture, input size and normalisation) and load_backbone.py (a loader "
+                                     "that needs torch, torchvision and safetensors only).")
     p.add_argument("checkpoint")
-    p.add_argument("out")
+    p.add_argument("out", help="export folder (new, empty, or an earlier export to replace)")
 
     from pipelines.sweep import add_sweep_parser
 

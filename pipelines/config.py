@@ -162,8 +162,8 @@ class BackboneConfig:
     zero_init_residual: bool = False
     #: ResNets' conv weights: torchvision's kaiming_fan_out, or torch_default (PyTorch's nn.Conv2d init,
     #: LightlySSL's ResNetGenerator). Behind BatchNorm only the scale differs, and it sets the effective
-    #: learning rate: torch_default's 3-6x smaller squared norms turn the weights 3-6x faster per step.
-    #: Measured (docs/BENCHMARKS.md): the same kNN gain in one CIFAR-10 epoch from a 3.1-point worse start
+    #: learning rate: torch_default's smaller squared norms turn the weights faster per step (figures:
+    #: docs/BENCHMARKS.md, bench/quality.py --init-knn)
     conv_init: Literal["kaiming_fan_out", "torch_default"] = "kaiming_fan_out"
     #: ResNets: the ReLU after the stem's BatchNorm. LightlySSL's benchmarks build their backbone as
     #: ``nn.Sequential(*ResNetGenerator(...).children()[:-1])``, which drops it (ResNetGenerator applies it
@@ -390,21 +390,20 @@ class TrainConfig:
     warmup_epochs: int = 1
     schedule: Literal["warmup_cosine", "constant_cooldown"] = "warmup_cosine"
     #: fp32, bf16 (autocast; weights, optimizer and losses stay fp32), or auto: bf16 where the worker's
-    #: device has native bf16 (a CUDA GPU that supports it, a CPU with AVX512-BF16 or AMX), else fp32.
-    #: A ResNet-18 CIFAR step: 2.2x faster in bf16 on an AVX512-BF16 EPYC, 5.3x slower on an AVX2-only
-    #: CPU (bench/precision.py). fp32 by default so a config gives the same numbers on every host
+    #: device has native bf16 (a CUDA GPU that supports it, a CPU with AVX512-BF16 or AMX), else fp32,
+    #: since emulated bf16 is slower than fp32 (figures: docs/BENCHMARKS.md, bench/precision.py). fp32 by
+    #: default so a config gives the same numbers on every host
     precision: Literal["auto", "fp32", "bf16"] = "fp32"
-    #: NHWC activations for convolutional backbones (a ResNet-18 CIFAR fwd+bwd step is ~1.3x faster on
-    #: CPU, bench/precision.py); ignored for ViTs, whose convolution is a single patch embedding
+    #: NHWC activations for convolutional backbones (faster convolutions on CPU: docs/BENCHMARKS.md,
+    #: bench/precision.py); ignored for ViTs, whose convolution is a single patch embedding
     channels_last: bool = True
-    #: torch.compile the backbone's training forward + backward (inductor). On this 2-core AVX2 CPU a
-    #: ResNet-18 CIFAR step is only 1.03-1.06x faster than eager channels_last (bench/precision.py
-    #: --compile; GPUs gain more), for a one-off ~70 s cold compile per worker (seconds once inductor's
-    #: cache is warm); on an AVX-512 EPYC it was ~7 % slower than eager: a GPU setting, not a CPU one
+    #: torch.compile the backbone's training forward + backward (inductor): a GPU setting, not a CPU one
+    #: (on CPUs it gained little or lost against eager channels_last, for a cold compile per worker:
+    #: docs/BENCHMARKS.md, bench/precision.py --compile)
     compile: bool = False
     #: C heap allocator of the training workers: auto = tcmalloc, else jemalloc, else the system's malloc.
     #: glibc's malloc mmaps large activations and page-faults them afresh each step; a caching allocator
-    #: made a 2-worker ResNet-18 CIFAR step 1.14-1.16x faster on 2 cores (bench/allocator.py, pipelines/allocator.py)
+    #: keeps the pages (figures: docs/BENCHMARKS.md, bench/allocator.py; why: pipelines/allocator.py)
     allocator: Literal["auto", "tcmalloc", "jemalloc", "system"] = "auto"
     #: rank 0 prints a progress line (step, loss, img/s, ETA) at most this often within an epoch; 0 = off
     progress_every_s: float = 60.0
