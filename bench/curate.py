@@ -7,6 +7,13 @@ the sphere plus 5 % planted near-copies), at ``--n`` and ``--n / 10``:
   subsample, niter=20) + assignment of all points;
 * ``semdedup_pass``: the per-cluster greedy cosine pass;
 * ``hkmeans``: 3-level hierarchical k-means with resampling;
+* ``hkmeans_no_resampling``: the same with ``resampling_steps=0``, so
+  ``resampling_s_per_step`` = (hkmeans - hkmeans_no_resampling) / steps is
+  what one resampling step (fresh k-means++ fit on the <= r*k resample at
+  every level, then every point reassigned) costs;
+* ``kmeanspp_one_step``: the k-means++ seeding of one level-1 resampling step
+  alone (k = ks[0] seeds on r * ks[0] points), the part a warm restart from
+  the old centroids would not pay;
 * ``balanced``: water-filling a 50 % target;
 * ``faiss_default_kmeans`` / ``faiss_default_hier``: the same clusterings with
   plain ``faiss.Kmeans(d, k)`` defaults (random init, 25 iterations, its own
@@ -55,7 +62,7 @@ def _make_data(n: int, dim: int, seed: int):
     return x, modes
 
 
-def _single(n: int, dim: int, ks: list[int], k_sem: int, steps: int, r: int, seed: int) -> dict:
+def _single(n: int, dim: int, ks: list[int], k_sem: int, steps: int, r: int, seed: int, mode: str) -> dict:
     import resource
 
     import faiss
@@ -63,7 +70,7 @@ def _single(n: int, dim: int, ks: list[int], k_sem: int, steps: int, r: int, see
 
     from curation.balanced import balanced_sample
     from curation.hierarchical import hierarchical_kmeans
-    from curation.kmeans import fit_kmeans, l2_normalize
+    from curation.kmeans import fit_kmeans, kmeanspp_init, l2_normalize
     from curation.near_dedup import order_ranks
     from curation.semdedup import semdedup_from_clusters
 
@@ -89,13 +96,20 @@ def _single(n: int, dim: int, ks: list[int], k_sem: int, steps: int, r: int, see
     )
     dup = timed(
         "semdedup_pass",
-        lambda: semdedup_from_clusters(xn, cents, labels, 0.01, order_ranks(np.arange(n), n)),
+        lambda: semdedup_from_clusters(xn, cents, labels, 0.01, order_ranks(np.arange(n), n), mode=mode),
     )
     hier = timed(
         "hkmeans",
         lambda: hierarchical_kmeans(xn, ks, resampling_steps=steps, r=r, niter=20, seed=seed, spherical=True),
     )
     mask = timed("balanced", lambda: balanced_sample(hier.assignments, n // 2, seed))
+    timed(
+        "hkmeans_no_resampling",
+        lambda: hierarchical_kmeans(xn, ks, resampling_steps=0, r=r, niter=20, seed=seed, spherical=True),
+    )
+    m = min(n, r * ks[0])
+    pool = xn[np.random.default_rng(seed).choice(n, size=m, replace=False)]
+    timed("kmeanspp_one_step", lambda: kmeanspp_init(pool, ks[0], np.random.default_rng(seed), spherical=True))
 
     def faiss_default(y, k):
         km = faiss.Kmeans(y.shape[1], k)  # all defaults, on purpose
@@ -122,6 +136,8 @@ def _single(n: int, dim: int, ks: list[int], k_sem: int, steps: int, r: int, see
         "faiss_default_total_s": round(times["faiss_default_kmeans"] + times["faiss_default_hier"], 3),
         "ours_total_cpu_s": round(sum(cpu[s] for s in ours), 3),
         "faiss_default_total_cpu_s": round(cpu["faiss_default_kmeans"] + cpu["faiss_default_hier"], 3),
+        "resampling_s_per_step": round((times["hkmeans"] - times["hkmeans_no_resampling"]) / max(steps, 1), 3),
+        "resampling_cpu_s_per_step": round((cpu["hkmeans"] - cpu["hkmeans_no_resampling"]) / max(steps, 1), 3),
         "semdedup_removed": int((dup >= 0).sum()),
         "planted_copies": n // 20,
         "kept_balanced": int(mask.sum()),
@@ -140,6 +156,8 @@ def main() -> None:
     ap.add_argument("--k-semdedup", type=int, default=1000)
     ap.add_argument("--steps", type=int, default=3, help="resampling steps per level")
     ap.add_argument("--r", type=int, default=20, help="points per cluster per resampling step")
+    ap.add_argument("--semdedup-mode", choices=("reference", "kept_only"), default="reference",
+                    help="which earlier points SemDeDup compares with (curate.semdedup_mode)")
     ap.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
@@ -147,7 +165,8 @@ def main() -> None:
     ks = [int(k) for k in args.ks.split(",")]
 
     if args.single:
-        print(json.dumps(_single(args.n, args.dim, ks, args.k_semdedup, args.steps, args.r, args.seed)))
+        print(json.dumps(_single(args.n, args.dim, ks, args.k_semdedup, args.steps, args.r, args.seed,
+                                 args.semdedup_mode)))
         return
 
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OPENBLAS_NUM_THREADS=str(args.threads),
@@ -158,7 +177,7 @@ def main() -> None:
     for n in (args.n // 10, args.n):
         cmd = [sys.executable, __file__, "--single", "--n", str(n), "--dim", str(args.dim), "--ks", args.ks,
                "--k-semdedup", str(args.k_semdedup), "--steps", str(args.steps), "--r", str(args.r),
-               "--seed", str(args.seed)]
+               "--seed", str(args.seed), "--semdedup-mode", args.semdedup_mode]
         t0 = time.perf_counter()
         out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
         res = json.loads(out.strip().splitlines()[-1])
@@ -168,7 +187,7 @@ def main() -> None:
     small, big = results
     report = {
         "config": {"ks": ks, "k_semdedup": args.k_semdedup, "resampling_steps": args.steps, "r": args.r,
-                   "threads": args.threads, "eps": 0.01},
+                   "threads": args.threads, "eps": 0.01, "semdedup_mode": args.semdedup_mode},
         "runs": results,
         "ratio_ours_big_over_small": round(big["ours_total_s"] / max(small["ours_total_s"], 1e-9), 2),
         "ratio_ours_cpu_big_over_small": round(big["ours_total_cpu_s"] / max(small["ours_total_cpu_s"], 1e-9), 2),
@@ -182,8 +201,9 @@ def main() -> None:
         a, b = small["seconds"][s], big["seconds"][s]
         print(f"{s:24s}{a:14.2f}{b:14.2f}{(b / a if a else float('nan')):8.1f}"
               f"   cpu {small['cpu_seconds'][s]:.1f} / {big['cpu_seconds'][s]:.1f}")
-    for key in ("ours_total_s", "faiss_default_total_s", "ours_total_cpu_s", "faiss_default_total_cpu_s", "peak_rss_mb", "semdedup_removed", "planted_copies",
-                "kept_balanced", "wall_s"):
+    for key in ("ours_total_s", "faiss_default_total_s", "ours_total_cpu_s", "faiss_default_total_cpu_s",
+                "resampling_s_per_step", "resampling_cpu_s_per_step", "peak_rss_mb", "semdedup_removed",
+                "planted_copies", "kept_balanced", "wall_s"):
         a, b = small[key], big[key]
         ratio = f"{b / a:8.1f}" if isinstance(a, (int, float)) and a else ""
         print(f"{key:24s}{a:14}{b:14}{ratio}")

@@ -74,7 +74,8 @@ def main() -> None:
     tail = set(np.argsort(counts)[:3].tolist())
 
     base = ["data.image_size=32", "data.channels=3", "backbone.name=convnet_small", "backbone.width=32",
-            "method.temperature=0.2", "augment.flip_prob=0.5", "augment.grayscale_prob=0.2", "augment.crop_scale_min=0.2",
+            "method.temperature=0.2", "method.proj_hidden_dim=256", "method.proj_dim=64",  # the demo's SimCLR head
+            "augment.flip_prob=0.5", "augment.grayscale_prob=0.2", "augment.crop_scale_min=0.2",
             "train.num_workers=1", "train.cpus_per_worker=2", "train.batch_size=128", "train.knn_monitor_every=0",
             "train.warmup_epochs=1", "train.checkpoint_every_epochs=1000"]
     results = {}

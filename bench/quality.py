@@ -19,6 +19,15 @@ Both systems train the same recipe on the same train images, one after the other
   ``curation.ingest.read_decoded`` feeds them to ``pipelines.pretrain.pretrain`` (Ray Train, DDP workers,
   batched views), with ``configs/cifar10.yaml`` overridden key by key to the recipe above.
 
+- (c) ``sslpipe_like_for_like``: (b) with the two things LightlySSL's loop does differently that are not the
+  method: its heap allocator (``train.allocator`` = the malloc lightly ran under, glibc by default) and its
+  weight init (``backbone.conv_init=torch_default``: PyTorch's default, which ``ResNetGenerator`` keeps).
+  The init is the same scheme, not the same draw, so the verdict also reads each system's gain over its
+  own untrained backbone (``--init-knn``, on by default).
+
+The verdict has two rows: **as shipped** (b vs a) and **like for like** (c vs a); each states the speed and
+kNN goals, and the training gain over init of both systems.
+
 Each backbone is then scored with the same weighted kNN (``pipelines/evaluation/knn.py``, k=200, T=0.1,
 the train images as the bank, the test images as queries); each system embeds with its own evaluation
 view (its training normalisation, no augmentation). Speed is train images processed / training-loop
@@ -59,6 +68,15 @@ MOMENTUM, WEIGHT_DECAY = 0.9, 5e-4
 CJ_PROB, CJ_STRENGTH, GRAY_PROB, FLIP_PROB, MIN_SCALE = 0.8, 0.5, 0.2, 0.5, 0.08
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # lightly's normalisation
 GOAL_SPEED, GOAL_KNN_POINTS = 1.2, 2.0
+SYSTEMS = ("lightly", "sslpipe", "sslpipe_like_for_like")
+#: verdict rows: (name, the sslpipe system compared with lightly, what the row holds equal)
+ROWS = (("as_shipped", "sslpipe", "each system as its user runs it (sslpipe: train.allocator=auto, kaiming init)"),
+        ("like_for_like", "sslpipe_like_for_like", "sslpipe with lightly's malloc and init scheme"))
+
+
+def like_for_like_overrides(lightly_malloc: str) -> list[str]:
+    """What (c) changes in sslpipe's recipe: lightly's heap allocator and its weight init scheme."""
+    return [f"train.allocator={lightly_malloc}", "backbone.conv_init=torch_default"]
 
 #: differences that remain between the two runs, by design or for lack of a knob (printed in the JSON)
 KNOWN_DIFFERENCES = [
@@ -80,7 +98,10 @@ KNOWN_DIFFERENCES = [
     "lightly's loop under the system malloc as a LightlySSL user runs it (--lightly-malloc changes that); "
     "the 'malloc' field of each system says which ran.",
     "bf16 (--precision bf16 only): lightly's loss runs inside the autocast region as a Lightning bf16-mixed "
-    "user's does (its similarity matmul in bf16); sslpipe computes every loss in fp32 (ssl_models/losses/_precision.py).",
+    "user's does (its similarity matmul in bf16); sslpipe computes every loss in fp32 (ssl_models/losses/_precision.py; "
+    "tests/ssl_models/test_losses.py checks each registered loss). Before issue #31, sslpipe's NT-Xent was the "
+    "exception: its similarity matmul ran in bf16 too (logits cast to fp32 after it), so bf16 figures measured "
+    "before that fix had both losses' matmuls in bf16.",
     "schedule: cosine over the steps of the run, no warm-up, in both (lightly's benchmark steps its "
     "CosineAnnealingLR once per epoch, which for a 1-epoch run would be a constant LR).",
 ]
@@ -220,8 +241,9 @@ def run_lightly(root: Path, train_items, args, bank, queries) -> dict:
 # --------------------------------------------------------------------------- (b) sslpipe
 
 
-def sslpipe_config(run_dir: Path, args) -> RunConfig:
-    """configs/cifar10.yaml with every recipe key set explicitly (the file may drift; this run may not)."""
+def sslpipe_config(run_dir: Path, args, extra: tuple[str, ...] | list[str] = ()) -> RunConfig:
+    """configs/cifar10.yaml with every recipe key set explicitly (the file may drift; this run may not);
+    ``extra`` overrides come last (the like-for-like row's)."""
     cores = os.cpu_count() or 2
     workers = args.sslpipe_workers
     cpus = cores / workers if workers else float(cores)
@@ -244,10 +266,11 @@ def sslpipe_config(run_dir: Path, args) -> RunConfig:
         "train.knn_monitor_every=0", f"train.checkpoint_every_epochs={args.epochs}",
         "dynamic.policy=none", f"train.compile={str(args.compile).lower()}",
         *args.sslpipe_set,  # explicit extra overrides (exploration), recorded in the JSON
+        *extra,
     ])
 
 
-def run_sslpipe(root: Path, work: Path, args, bank, queries) -> dict:
+def run_sslpipe(root: Path, work: Path, args, bank, queries, extra: tuple[str, ...] | list[str] = ()) -> dict:
     import ray
 
     from curation.ingest import read_decoded
@@ -258,7 +281,7 @@ def run_sslpipe(root: Path, work: Path, args, bank, queries) -> dict:
     from pipelines.sources import shard_source
 
     # a fresh run directory each time: pretrain() resumes from any checkpoint it finds in an old one
-    cfg = sslpipe_config(Path(tempfile.mkdtemp(prefix="run-", dir=work)), args)
+    cfg = sslpipe_config(Path(tempfile.mkdtemp(prefix="run-", dir=work)), args, extra)
     t0 = time.perf_counter()
     report = shard_source(str(root / "train"), str(work / f"shards-{args.train_images or 'all'}"),
                           cfg.data.shard_size, "webdataset", limit=args.train_images)
@@ -294,9 +317,45 @@ def run_sslpipe(root: Path, work: Path, args, bank, queries) -> dict:
             "final_loss": round(float(hist[-1]["loss"]), 4), "knn_top1": acc, "knn_eval_seconds": round(eval_s, 1),
             "knn_top1_at_init": init_acc, "malloc": resolve_allocator(cfg.train.allocator).name,
             "sharding_seconds_one_off": round(shard_s, 1), "pretrain_call_wall_seconds": round(pretrain_wall, 1),
+            "overrides_beyond_the_recipe": list(extra), "conv_init": cfg.backbone.conv_init,
             "loop": f"Ray Train, {cfg.train.num_workers} DDP worker(s) x {cfg.train.cpus_per_worker:g} CPU, "
                     "in-memory shard, batched views" + (", torch.compile'd backbone (compile time counted)"
                                                         if cfg.train.compile else "")}
+
+
+# --------------------------------------------------------------------------- verdict
+
+
+def _gain_points(r: dict) -> float | None:
+    init = r.get("knn_top1_at_init")
+    return None if init is None else round(100 * (r["knn_top1"] - init), 2)
+
+
+def verdict(results: dict[str, dict]) -> dict[str, dict]:
+    """Both verdict rows that the runs in ``results`` allow: sslpipe's speed ratio and kNN difference against
+    lightly, each system's kNN gain over its own untrained backbone, and each goal met or not, per row."""
+    rows: dict[str, dict] = {}
+    if "lightly" not in results:
+        return rows
+    lightly = results["lightly"]
+    for row, system, holds in ROWS:
+        if system not in results:
+            continue
+        ours = results[system]
+        speed = ours["images_per_s"] / lightly["images_per_s"]
+        points = 100 * (ours["knn_top1"] - lightly["knn_top1"])
+        gains = {"lightly": _gain_points(lightly), system: _gain_points(ours)}
+        rows[row] = {
+            "sslpipe_system": system, "holds_equal": holds, "malloc": {"lightly": lightly["malloc"], system: ours["malloc"]},
+            "speed_ratio_sslpipe_over_lightly": round(speed, 3),
+            "knn_difference_points": round(points, 2),
+            "knn_gain_over_init_points": gains,
+            "gain_difference_points": (round(gains[system] - gains["lightly"], 2)
+                                       if None not in gains.values() else None),
+            "goals": {f"speed >= {GOAL_SPEED}x": "met" if speed >= GOAL_SPEED else "not met",
+                      f"kNN >= +{GOAL_KNN_POINTS:g} points": "met" if points >= GOAL_KNN_POINTS else "not met"},
+        }
+    return rows
 
 
 # --------------------------------------------------------------------------- main
@@ -316,15 +375,17 @@ def main(argv: list[str] | None = None) -> dict:
                         help="both systems' precision: bf16 = autocast (fast on CPUs with AVX512-BF16 or AMX, and GPUs)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
                         help="sslpipe's train.compile (configs/cifar10.yaml: off on CPU); its compile time counts as training time")
-    parser.add_argument("--systems", default="lightly,sslpipe",
-                        help="which to run, comma-separated; LightlySSL's kNN is reproducible to the digit for a "
-                             "given seed and size, so a sslpipe-only run can be read against an earlier one")
+    parser.add_argument("--systems", default=",".join(SYSTEMS),
+                        help="which to run, comma-separated, of " + ", ".join(SYSTEMS) + "; LightlySSL's kNN is "
+                             "reproducible to the digit for a given seed and size, so a sslpipe-only run can be read "
+                             "against an earlier one")
     parser.add_argument("--sslpipe-set", action="append", default=[], metavar="KEY=VALUE",
                         help="an extra sslpipe config override on top of the recipe (repeatable), "
                              "e.g. backbone.zero_init_residual=true")
-    parser.add_argument("--init-knn", action="store_true",
+    parser.add_argument("--init-knn", action=argparse.BooleanOptionalAction, default=True,
                         help="also score each system's untrained backbone (same seed) with the same kNN: at 1 epoch "
-                             "random features carry most of the score, so the gain over init says what training added")
+                             "random features carry most of the score, so the gain over init says what training added "
+                             "(the verdict's gain columns; on by default)")
     parser.add_argument("--lightly-malloc", choices=["system", "tcmalloc", "jemalloc"], default="system",
                         help="the malloc of lightly's loop (the bench re-runs itself under it); default: the system's, "
                              "as a LightlySSL user runs it. sslpipe's workers follow train.allocator (auto: tcmalloc)")
@@ -333,8 +394,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.lightly_malloc != "system":
         run_under(resolve_allocator(args.lightly_malloc))  # re-executes this script from the top, preloaded
     systems = [name.strip() for name in args.systems.split(",") if name.strip()]
-    if not systems or set(systems) - {"lightly", "sslpipe"}:
-        raise SystemExit(f"--systems takes lightly, sslpipe or both, not {args.systems!r}")
+    if not systems or set(systems) - set(SYSTEMS):
+        raise SystemExit(f"--systems takes some of {', '.join(SYSTEMS)}, not {args.systems!r}")
 
     root = cifar_root(args.cifar10)
     train_items = pick_images(root / "train", args.train_images)
@@ -350,8 +411,11 @@ def main(argv: list[str] | None = None) -> dict:
         work = Path(args.work_dir) if args.work_dir else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         results = {}
+        like = like_for_like_overrides(args.lightly_malloc)
         for name, run in (("lightly", lambda: run_lightly(root, train_items, args, bank, queries)),
-                          ("sslpipe", lambda: run_sslpipe(root, work, args, bank, queries))):  # one after the other
+                          ("sslpipe", lambda: run_sslpipe(root, work, args, bank, queries)),
+                          ("sslpipe_like_for_like", lambda: run_sslpipe(root, work, args, bank, queries, like)),
+                          ):  # one after the other
             if name not in systems:
                 continue
             load_before = os.getloadavg()[0]
@@ -359,9 +423,7 @@ def main(argv: list[str] | None = None) -> dict:
             # other work on the machine skews the speed ratio: the 1-minute load average says how much
             results[name]["load_avg_1m_before_after"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
 
-    both = "lightly" in results and "sslpipe" in results
-    speed = results["sslpipe"]["images_per_s"] / results["lightly"]["images_per_s"] if both else float("nan")
-    points = 100 * (results["sslpipe"]["knn_top1"] - results["lightly"]["knn_top1"]) if both else float("nan")
+    rows = verdict(results)
     report = {
         "benchmark": "SimCLR ResNet-18 (CIFAR stem) on CIFAR-10: LightlySSL plain torch loop vs sslpipe on Ray Train",
         "recipe": {"batch": args.batch, "epochs": args.epochs, "lr": BASE_LR * args.batch / 128, "momentum": MOMENTUM,
@@ -374,29 +436,24 @@ def main(argv: list[str] | None = None) -> dict:
         "knn_protocol": LIGHTLY_CIFAR10.name,
         "sslpipe_extra_overrides": args.sslpipe_set,
         "systems": results,
-    }
-    if both:
-        report.update({
-            "speed_ratio_sslpipe_over_lightly": round(speed, 3),
-            "knn_difference_points": round(points, 2),
-            "goals": {f"speed >= {GOAL_SPEED}x": "met" if speed >= GOAL_SPEED else "not met",
-                      f"kNN >= +{GOAL_KNN_POINTS:g} points": "met" if points >= GOAL_KNN_POINTS else "not met"},
-        })
-    report.update({
+        "verdict": rows,
         "known_differences": KNOWN_DIFFERENCES,
-    })
+    }
     print(json.dumps(report, indent=2))
-    init_cols = f"{'at init':>9}{'gain':>8}" if args.init_knn else ""
-    print(f"\n{'system':<10}{'images':>9}{'train s':>10}{'images/s':>11}{'kNN top-1':>11}{init_cols}")
+    init_cols = f"{'at init':>9}{'gain':>9}" if args.init_knn else ""
+    print(f"\n{'system':<23}{'malloc':>9}{'images':>8}{'train s':>9}{'images/s':>10}{'kNN top-1':>11}{init_cols}")
     for name, r in results.items():
-        init = (f"{r['knn_top1_at_init']:>9.4f}{100 * (r['knn_top1'] - r['knn_top1_at_init']):>+7.2f}p"
-                if args.init_knn else "")
-        print(f"{name:<10}{r['train_images_processed']:>9}{r['train_seconds']:>10.1f}{r['images_per_s']:>11.1f}"
-              f"{r['knn_top1']:>11.4f}{init}")
-    if both:
-        print(f"{'ratio':<10}{'':>9}{'':>10}{speed:>10.2f}x{points:>+10.2f}pt")
-        for goal, state in report["goals"].items():
-            print(f"goal {goal}: {state}")
+        init = (f"{r['knn_top1_at_init']:>9.4f}{_gain_points(r):>+8.2f}p" if args.init_knn else "")
+        print(f"{name:<23}{r['malloc']:>9}{r['train_images_processed']:>8}{r['train_seconds']:>9.1f}"
+              f"{r['images_per_s']:>10.1f}{r['knn_top1']:>11.4f}{init}")
+    for row, v in rows.items():
+        gains = v["knn_gain_over_init_points"]
+        gain_text = ("" if v["gain_difference_points"] is None else
+                     f"; gain over init lightly {gains['lightly']:+.2f} pt, sslpipe {gains[v['sslpipe_system']]:+.2f} pt "
+                     f"({v['gain_difference_points']:+.2f})")
+        goals = ", ".join(f"{goal}: {state}" for goal, state in v["goals"].items())
+        print(f"\n{row} ({v['holds_equal']}): speed {v['speed_ratio_sslpipe_over_lightly']:.2f}x, "
+              f"kNN {v['knn_difference_points']:+.2f} pt{gain_text}\n  goals: {goals}")
     return report
 
 

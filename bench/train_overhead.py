@@ -37,7 +37,7 @@ from cpusplit import CpuSplit  # noqa: E402
 
 #: config overrides per --model: the demo's small convnet on MNIST, or issue #6's SimCLR ResNet-18 (CIFAR stem)
 MODELS = {
-    "convnet": [],
+    "convnet": ["method.temperature=0.2", "method.proj_hidden_dim=256", "method.proj_dim=64"],  # the demo's head
     "resnet18-cifar": ["backbone.name=resnet18", "backbone.cifar_stem=true", "data.image_size=32", "data.channels=3",
                        "method.name=simclr", "method.temperature=0.5", "method.proj_hidden_dim=512",
                        "method.proj_dim=128", "train.optimizer=sgd", "train.lr=0.12", "augment.blur_prob=0.0"],

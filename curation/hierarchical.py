@@ -14,19 +14,24 @@ head.  The paper's fix has two parts:
   centroids of level t-1; clusters of clusters give balanced sampling
   (:mod:`curation.balanced`) a coarse-to-fine structure to balance across.
 
-Re-running k-means on the resample starts from the current centroids (so the
-cluster identities evolve smoothly and the run is cheap) rather than from a
-fresh seeding; the centroid set is replaced by the sample's k-means result.
+Each resampling step runs a *fresh* k-means (k-means++ seeding, then Lloyd) on
+the resample and replaces the centroid set with its result, as the authors'
+reference code (facebookresearch/ssl-data-curation) does.  Restarting Lloyd
+from the current centroids instead leaves them where they are: on the test
+suite's long-tail data it kept as many centroids on the dense blob as no
+resampling at all.
 Every point's assignment at level t is the level-t cluster of its level-(t-1)
 cluster, so the hierarchy is a tree by construction.
 
 Cost (what makes N = 1M feasible on 2 cores): at level 1 the first fit trains
 ``niter`` Lloyd iterations on at most ``max_points_per_centroid * k`` points
 (256k for k=1000), so it stops growing with N beyond that; each resampling
-step trains on at most ``r * k`` points (20k) and then assigns all N points
-once (one exact batched flat search, about 3 s per 1M x 1000 x 128 on 2
-cores).  Levels >= 2 cluster ``k_{t-1}`` centroids and cost nothing.  So a
-level costs one bounded fit plus ``1 + resampling_steps`` linear passes.
+step seeds (k-means++, sequential in k: O(r k^2 d)) and trains on at most
+``r * k`` points and then assigns all N points once (one exact batched flat
+search).  Levels >= 2 cluster ``k_{t-1}`` centroids and cost nothing.  So a
+level costs one bounded fit, ``resampling_steps`` fits bounded by ``r * k``
+points, and ``1 + resampling_steps`` linear passes (figures:
+docs/BENCHMARKS.md, bench/curate.py).
 """
 
 from __future__ import annotations
@@ -35,7 +40,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Sequence
 
-import faiss
 import numpy as np
 
 from curation.kmeans import assign, fit_kmeans, l2_normalize
@@ -75,28 +79,29 @@ def _kmeans_with_resampling(
     x: np.ndarray, k: int, *, steps: int, r: int, niter: int, seed: int,
     spherical: bool, max_points_per_centroid: int | None,
 ) -> tuple[np.ndarray, np.ndarray]:
+    """k-means on ``x``, then ``steps`` times: a fresh k-means (k-means++ seeding) on the ``r``
+    points closest to each centroid, and every point reassigned to the new centroids.
+
+    The fresh seeding is what moves centroids off the dense modes: the resample holds at most
+    ``r`` points per cluster, so the many clusters that split one dense mode contribute no more
+    points each than a rare mode's cluster, and a new seeding spreads its k centroids over that
+    flatter sample.  Starting Lloyd from the old centroids instead keeps them where they were.
+    """
     centroids, labels, score = fit_kmeans(
         x, k, spherical=spherical, niter=niter, seed=seed,
         max_points_per_centroid=max_points_per_centroid, init="kmeans++", return_scores=True,
     )
-    d = x.shape[1]
     for step in range(steps):
         sample = closest_per_cluster(labels, score, r, larger_is_closer=spherical)
         if sample.size <= k:
             log.info("resampling: sample of %d <= k=%d, stopping", sample.size, k)
             break
-        cp = faiss.ClusteringParameters()
-        cp.niter = int(niter)
-        cp.spherical = bool(spherical)
-        cp.seed = int(seed + 1 + step) & 0x7FFFFFFF
-        cp.min_points_per_centroid = 1
-        cp.max_points_per_centroid = sample.size // k + 2  # never subsample
-        clus = faiss.Clustering(d, k, cp)
-        faiss.copy_array_to_vector(np.ascontiguousarray(centroids, dtype=np.float32).ravel(), clus.centroids)
-        clus.train(np.ascontiguousarray(x[sample]), faiss.IndexFlatIP(d) if spherical else faiss.IndexFlatL2(d))
-        centroids = faiss.vector_float_to_array(clus.centroids).reshape(k, d).copy()
+        centroids, _ = fit_kmeans(
+            x[sample], k, spherical=spherical, niter=niter, seed=(seed + 1 + step) & 0x7FFFFFFF,
+            max_points_per_centroid=None, init="kmeans++",
+        )
         labels, score = assign(x, centroids, spherical=spherical)
-        log.info("resampling step %d: k=%d sample=%d", step + 1, k, sample.size)
+        log.info("resampling step %d: k=%d, fresh k-means++ on a sample of %d", step + 1, k, sample.size)
     return centroids, labels
 
 

@@ -82,9 +82,9 @@ def kmeanspp_init(
     vectors).  Returns a ``[k, d]`` float32 array.
 
     BLAS runs single-threaded here: each of the ``k`` sequential steps is one
-    ``[m, d] x [d]`` product (~1 ms), and waking a second BLAS thread for it
-    costs more than it saves (measured at m=32k, k=1000 on the shared 2-core
-    box: 1.6 s of CPU single-threaded vs 6.6 s with 2 threads, same output).
+    small ``[m, d] x [d]`` product, and waking a second BLAS thread for it
+    costs more CPU than it saves, for the same output (figures:
+    docs/BENCHMARKS.md, ``bench/code_figures.py kmeanspp_threads``).
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     n = x.shape[0]

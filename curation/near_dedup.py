@@ -15,16 +15,16 @@ exact hash (items with identical hashes are decided together, so a later
 copy may point to the first copy's target even if a closer kept item with a
 key between the two exists).
 
-Scale: all-pairs Hamming on 1M hashes is 1e12 popcounts (~15+ min on 2
-cores), so for N > 20k and small radii we use the pigeonhole trick: split the
+Scale: all-pairs Hamming on 1M hashes is 1e12 popcounts, so for N > 20k and
+small radii we use the pigeonhole trick: split the
 64 bits into ``t+1`` substrings of ``b = 64 // (t+1)`` bits; two hashes within
 distance ``t`` agree exactly on at least one substring, so exact bucket joins
 in ``t+1`` tables find every pair (no false negatives) and each candidate is
 verified with its true distance.  The join is a sorted-key walk in numpy
-(:func:`_bucket_pairs`) rather than ``faiss.IndexBinaryMultiHash``: measured
-here on 1M random hashes with t=4, faiss' multi-hash range search took 131 s
-(~130 us/query, single thread) and its ``nflip`` probing was ~40x slower
-still.  Small N, or radii too large for substrings to prune, use the exact
+(:func:`_bucket_pairs`) rather than ``faiss.IndexBinaryMultiHash``, whose
+range search is much slower on the same job (figures: docs/BENCHMARKS.md,
+``bench/code_figures.py binary_search``).  Small N, or radii too large for
+substrings to prune, use the exact
 ``faiss.IndexBinaryFlat`` range search.  Identical hashes are
 collapsed first so e.g. 10k copies of one image cost one row, not 1e8 pairs.
 faiss' binary range search is strict (``d < radius``), hence ``radius = t+1``.

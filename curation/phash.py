@@ -17,28 +17,21 @@ Recipe (per image, all in numpy, no scipy):
    forced to 0, so the hash is invariant to a global brightness offset; 63 of
    the 64 bits carry information.  Bit ``8*u + v`` is coefficient ``(u, v)``.
 
-Measured robustness.  Reported by the team on 32 px CIFAR images: JPEG
-re-encode and small resizes stay within 4 bits, but **a 1-2 px shift moves
-the hash by ~16 bits median**, as far as an unrelated image's nearest
-neighbour (12 bits at the 1st percentile), so no threshold separates
-"shifted copy" from "different image".  Measured here on the 5000 real MNIST
-digits used in the tests (300 edited copies each): JPEG q=75 median 0 / p95 2
-/ max 4 bits; bilinear resize to 25 or 32 px median 0, p95 2, max 2-4; a
-1 px shift median 8 (p95 12), a (2, -1) px shift median 16 (p95 24).  MNIST
-digits are very alike, so unrelated nearest neighbours are close too
-(median 6 bits, 1st percentile 2); hashes of random pairs differ by ~32.
+Robustness.  JPEG re-encodes and small resizes move the hash by a few bits,
+but **a 1-2 px shift moves it about as far as an unrelated image's nearest
+neighbour**, so no threshold separates "shifted copy" from "different image"
+(tests/curation/test_phash.py holds the bounds; the distributions on real
+MNIST digits: docs/BENCHMARKS.md, ``bench/code_figures.py phash``).
 
 Shift-tolerant option (:func:`phash_shifts`): hash a *centre crop* (margin
 ``m``) and additionally the same-size crops displaced by every ``(dy, dx)`` in
 ``[-m, m]^2``.  If ``B`` is ``A`` translated by ``(a, b)`` with ``|a|,|b| <= m``
 then ``B``'s centre crop *is* ``A``'s crop displaced by ``(-a, -b)`` (the
 padding introduced by the shift lies outside the crop), so
-``min_s hamming(shifts_A[s], centre_B)`` is ~0: measured 0 bits for all 300
-MNIST digits shifted by 1 or (2, -1) px.  Cost: ``(2m+1)^2`` hashes per image
-(25 for m=2), still only matrix products.  The price: the min over 25 hashes
-also pulls unrelated images closer (on MNIST the nearest-neighbour distance
-under it stays at median 6 bits, but with more ties at 0-2 for near-identical
-digits), and content within ``m`` px of the border is ignored.
+``min_s hamming(shifts_A[s], centre_B)`` is ~0 (same test and bench).  Cost:
+``(2m+1)^2`` hashes per image (25 for m=2), still only matrix products.  The
+price: the min over 25 hashes also pulls unrelated images closer, and content
+within ``m`` px of the border is ignored.
 :func:`curation.near_dedup.find_near_duplicates` accepts these variants via
 ``query_hashes``.
 """

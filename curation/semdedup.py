@@ -18,15 +18,25 @@ Algorithm:
    better than keeping the most prototypical one (``keep="easy"``).  Ties are
    broken by ``order_keys`` (smaller first), so results do not depend on
    input order.
-3. Visit points in that order; point j is removed iff its cosine to an
-   *already kept* earlier point of the cluster exceeds ``1 - eps``; it then
-   points to the most similar such kept point.  (The paper's reference code
-   compares to all earlier points, kept or not, which lets a chain of
-   removals remove points far from every survivor; the greedy "kept" rule
-   guarantees every removed point is within ``eps`` of a survivor.)
+3. Visit points in that order and remove near-duplicates of earlier points.
+   Two rules (``mode``):
+
+   * ``"reference"`` (default; the paper's reference code): point j is removed
+     iff its cosine to *any* earlier point of the cluster, kept or removed,
+     exceeds ``1 - eps``.  Along a chain a-b-c where a~b and b~c but not a~c,
+     both b and c go.  ``duplicate_of[j]`` is the most similar earlier point,
+     which may itself be removed; following ``duplicate_of`` always ends at a
+     kept point (each step goes to an earlier point, and the first point of a
+     cluster is kept).
+   * ``"kept_only"``: j is removed iff its cosine to an *already kept* earlier
+     point exceeds ``1 - eps``; it then points at the most similar such kept
+     point.  On the chain only b goes: every removed point is within ``eps``
+     of a survivor, at the price of keeping more.
 
 Vectorisation and memory: each cluster is processed in row blocks of
-``block`` points.  A block is compared to the kept points of the earlier
+``block`` points.  ``reference``: a block is compared with every earlier row
+of the cluster (``block x earlier rows``) and with itself (``block x block``).
+``kept_only``: a block is compared to the kept points of the earlier
 blocks with one matrix product (``block x kept``, the kept rows live in one
 contiguous buffer appended block by block), then to itself with a symmetric
 rank-k product (BLAS ``ssyrk``: only the upper triangle, half the flops of a
@@ -34,9 +44,9 @@ full product).  Memory is O(block * cluster size), not O(cluster size ^ 2).
 Only pairs above the threshold (rare unless the data are very redundant) are
 then visited one by one, in visit order, to apply the greedy rule.
 
-Exactness: a removed point points at the most similar kept earlier point
-(ties: the earliest one), wherever it lies, so the result does not depend on
-``block`` (up to float rounding of the products).
+Exactness: a removed point points at the most similar (kept, for
+``kept_only``) earlier point (ties: the earliest one), wherever it lies, so
+the result does not depend on ``block`` (up to float rounding of the products).
 
 Threads: the clusters are independent, so :func:`semdedup_from_clusters`
 spreads them over ``threads`` worker threads (default: faiss' OpenMP thread
@@ -46,10 +56,7 @@ hundred points), and a multi-threaded BLAS call on a ``100 x 100`` product
 spends more time waking and spinning its threads than computing; one cluster
 per core keeps both cores busy with useful work instead.  Each cluster is
 computed by one thread with one-thread BLAS, so the output does not depend on
-the thread count.  Measured on ``bench/curate.py``'s data (k=1000, 2 cores,
-loaded machine): 1M x 128 took 26 CPU-s / 142 s wall with the earlier
-per-block ``block x kept`` + ``np.triu`` version and 2-thread BLAS, 7 CPU-s /
-27 s now; 100k: 2.7 -> 0.3 CPU-s; identical ``duplicate_of`` on both.
+the thread count (figures: docs/BENCHMARKS.md, bench/curate.py).
 """
 
 from __future__ import annotations
@@ -67,7 +74,11 @@ from curation.near_dedup import order_ranks
 
 log = logging.getLogger(__name__)
 
-__all__ = ["semdedup", "semdedup_cluster", "semdedup_from_clusters"]
+__all__ = ["semdedup", "semdedup_cluster", "semdedup_from_clusters", "SEMDEDUP_MODES"]
+
+#: which earlier points a point is compared with (see the module docstring)
+SEMDEDUP_MODES = ("reference", "kept_only")
+Mode = Literal["reference", "kept_only"]
 
 # groups of in-block earlier neighbours larger than this are scanned with numpy
 # instead of a Python loop (only reached on very redundant data)
@@ -142,14 +153,53 @@ def _resolve_block(
             local[j] = offset + best_i
 
 
-def semdedup_cluster(x: np.ndarray, threshold: float, *, block: int = 2048) -> np.ndarray:
-    """Greedy dedup of rows of ``x`` (unit vectors) visited in row order.
+def _check_mode(mode: str) -> None:
+    if mode not in SEMDEDUP_MODES:
+        raise ValueError(f"semdedup mode must be one of {', '.join(SEMDEDUP_MODES)}, got {mode!r}")
 
-    Returns ``dup_of`` int64 ``[m]`` with local row indices (-1 = kept):
-    row j is removed iff ``max_{i<j, i kept} x_i . x_j > threshold``, and then
-    points at the arg max (the earliest one on ties).  ``block`` bounds memory
+
+def semdedup_cluster(x: np.ndarray, threshold: float, *, block: int = 2048, mode: Mode = "reference") -> np.ndarray:
+    """Dedup of rows of ``x`` (unit vectors) visited in row order.
+
+    Returns ``dup_of`` int64 ``[m]`` with local row indices (-1 = kept).
+    ``mode="reference"``: row j is removed iff ``max_{i<j} x_i . x_j > threshold``;
+    ``mode="kept_only"``: iff ``max_{i<j, i kept} x_i . x_j > threshold``.  A removed
+    row points at the arg max (the earliest one on ties).  ``block`` bounds memory
     (``block x m`` similarities at a time) and does not change the result.
     """
+    _check_mode(mode)
+    if mode == "reference":
+        return _reference_cluster(x, threshold, block)
+    return _kept_only_cluster(x, threshold, block)
+
+
+def _reference_cluster(x: np.ndarray, threshold: float, block: int) -> np.ndarray:
+    """``mode="reference"``: each block of rows against every earlier row (two products per block)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    m = x.shape[0]
+    block = max(int(block), 1)
+    dup_of = np.full(m, -1, dtype=np.int64)
+    for s in range(0, m, block):
+        e = min(s + block, m)
+        rows = np.arange(e - s)
+        inside = x[s:e] @ x[s:e].T
+        inside[np.triu_indices(e - s)] = -np.inf  # only earlier rows of the block
+        arg = inside.argmax(axis=1) + s
+        best = inside[rows, arg - s]
+        if s:
+            before = x[s:e] @ x[:s].T
+            arg_b = before.argmax(axis=1)  # first max = the earliest row on ties
+            best_b = before[rows, arg_b]
+            earlier = best_b >= best  # ties go to the earlier block
+            arg = np.where(earlier, arg_b, arg)
+            best = np.where(earlier, best_b, best)
+        hit = best > threshold
+        dup_of[s:e][hit] = arg[hit]
+    return dup_of
+
+
+def _kept_only_cluster(x: np.ndarray, threshold: float, block: int) -> np.ndarray:
+    """``mode="kept_only"``: the greedy rule, a block at a time (see the module docstring)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     m, d = x.shape
     block = max(int(block), 1)
@@ -201,6 +251,7 @@ def semdedup_from_clusters(
     keep: Literal["hard", "easy"] = "hard",
     block: int = 2048,
     threads: int | None = None,
+    mode: Mode = "reference",
 ) -> np.ndarray:
     """Step 2-3 of SemDeDup given an existing spherical clustering.
 
@@ -208,8 +259,10 @@ def semdedup_from_clusters(
     ``labels`` ``[N]``, ``ranks`` ``[N]`` tie-break ranks (see
     :func:`curation.near_dedup.order_ranks`).  ``threads``: worker threads
     over clusters (default ``faiss.omp_get_max_threads()``; the result does
-    not depend on it).  Returns ``duplicate_of``.
+    not depend on it).  ``mode``: ``reference`` or ``kept_only`` (module
+    docstring).  Returns ``duplicate_of``.
     """
+    _check_mode(mode)
     n = x.shape[0]
     labels = np.asarray(labels, dtype=np.int64)
     cos = _cos_to_centroid(x, np.asarray(centroids), labels)
@@ -225,7 +278,7 @@ def semdedup_from_clusters(
 
     def one(span: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         idx = order[span[0] : span[1]]
-        return idx, semdedup_cluster(x[idx], threshold, block=block)
+        return idx, semdedup_cluster(x[idx], threshold, block=block, mode=mode)
 
     with blas_threads(1):
         if nthreads == 1:
@@ -257,13 +310,14 @@ def semdedup(
     block: int = 2048,
     return_assignments: bool = False,
     threads: int | None = None,
+    mode: Mode = "reference",
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """SemDeDup over ``[N, D]`` embeddings (see module docstring).
 
     Args:
         embeddings: ``[N, D]`` float (normalised internally).
         k: number of spherical k-means clusters.
-        eps: remove j if cosine to an earlier kept point > ``1 - eps``.
+        eps: remove j if its cosine to an earlier point (``mode``) > ``1 - eps``.
         seed: k-means seed.
         order_keys: ``[N]`` tie-break keys (default: position).
         niter: k-means iterations.
@@ -274,23 +328,28 @@ def semdedup(
         return_assignments: also return the cluster id of every point.
         threads: worker threads of the within-cluster pass (default: faiss'
             OpenMP thread count); does not change the result.
+        mode: ``"reference"`` (compare with every earlier point of the
+            cluster, the paper's code) or ``"kept_only"`` (only with kept ones).
 
     Returns:
         ``duplicate_of`` int64 ``[N]`` (-1 = kept, else global index of the
-        kept point it duplicates); with ``return_assignments`` a tuple
+        earlier point it duplicates: kept with ``kept_only``, possibly removed
+        itself with ``reference``); with ``return_assignments`` a tuple
         ``(duplicate_of, assignments)``.
     """
     x = l2_normalize(embeddings)
     n = x.shape[0]
     if keep not in ("hard", "easy"):
         raise ValueError(f"keep must be 'hard' or 'easy', got {keep!r}")
+    _check_mode(mode)
     ranks = order_ranks(np.arange(n) if order_keys is None else order_keys, n)
     centroids, labels = fit_kmeans(
         x, min(k, n), spherical=True, niter=niter, seed=seed,
         max_points_per_centroid=max_points_per_centroid, init="kmeans++",
     )
-    duplicate_of = semdedup_from_clusters(x, centroids, labels, eps, ranks, keep=keep, block=block, threads=threads)
-    log.info("semdedup: removed %d / %d (eps=%g, k=%d)", int((duplicate_of >= 0).sum()), n, eps, k)
+    duplicate_of = semdedup_from_clusters(x, centroids, labels, eps, ranks, keep=keep, block=block, threads=threads,
+                                          mode=mode)
+    log.info("semdedup: removed %d / %d (eps=%g, k=%d, mode=%s)", int((duplicate_of >= 0).sum()), n, eps, k, mode)
     if return_assignments:
         return duplicate_of, labels
     return duplicate_of

@@ -2,9 +2,9 @@
 
 Why this matters on CPU: glibc's malloc serves large allocations (above its mmap threshold, 32 MiB at the
 most) with a fresh ``mmap`` and gives them back with ``munmap`` on free, and trims its heap back to the
-kernel, while a ResNet-18 CIFAR step allocates and frees dozens of 16-64 MiB activation tensors. Each step
-then pays for ~280,000 minor page faults per worker (the kernel zeroing the same memory again), about 1/7 of
-a 2-worker step on a 2-core machine (``bench/allocator.py``). A caching allocator keeps
+kernel, while a ResNet-18 CIFAR step allocates and frees dozens of large activation tensors. Each step
+then pays for minor page faults on all of them (the kernel zeroing the same memory again), a visible share
+of a CPU step (figures: docs/BENCHMARKS.md, ``bench/allocator.py``). A caching allocator keeps
 the freed pages and the faults disappear. PyTorch's own CPU launcher (``torch.backends.xeon.run_cpu``) and
 Intel's tuning guide do the same, in the same order of preference: tcmalloc, then jemalloc.
 

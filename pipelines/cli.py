@@ -106,9 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_verbose_option(p)
 
     p = verbs.add_parser("export", help="export a checkpoint's backbone to load without sslpipe",
-                         description="ResNets: a plain torchvision state_dict (+ arch facts); other backbones: TorchScript.")
+                         description="Writes the folder OUT: backbone.safetensors (weights), architecture.json "
+                                     "(architecture, input size and normalisation) and load_backbone.py (a loader "
+                                     "that needs torch, torchvision and safetensors only).")
     p.add_argument("checkpoint")
-    p.add_argument("out")
+    p.add_argument("out", help="export folder, local or s3://... (new, empty, or an earlier export to replace)")
 
     from pipelines.sweep import add_sweep_parser
 

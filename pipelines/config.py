@@ -9,6 +9,7 @@ overrides from the command line go through the same checks.
 from __future__ import annotations
 
 import dataclasses
+import re
 import reprlib
 import types
 import typing
@@ -132,6 +133,10 @@ class CurateConfig:
     #: SemDeDup: spherical k-means clusters (0 = off) and the cosine margin eps (dup if cos > 1 - eps)
     semdedup_clusters: int = 0
     semdedup_eps: float = 0.05
+    #: which earlier points of its cluster a point is compared with: ``reference`` (every one, kept or
+    #: removed: the paper's code, removes whole chains) or ``kept_only`` (kept ones only: every removed
+    #: point stays within eps of a survivor, removes less)
+    semdedup_mode: Literal["reference", "kept_only"] = "reference"
     #: balanced sampling (Vo et al. 2024): keep this fraction of what survived dedup (1.0 = off)
     balance_fraction: float = 1.0
     #: clusters per level of the hierarchical k-means, finest first (empty = chosen from the pool size)
@@ -175,8 +180,8 @@ class BackboneConfig:
     zero_init_residual: bool = False
     #: ResNets' conv weights: torchvision's kaiming_fan_out, or torch_default (PyTorch's nn.Conv2d init,
     #: LightlySSL's ResNetGenerator). Behind BatchNorm only the scale differs, and it sets the effective
-    #: learning rate: torch_default's 3-6x smaller squared norms turn the weights 3-6x faster per step.
-    #: Measured (docs/BENCHMARKS.md): the same kNN gain in one CIFAR-10 epoch from a 3.1-point worse start
+    #: learning rate: torch_default's smaller squared norms turn the weights faster per step (figures:
+    #: docs/BENCHMARKS.md, bench/quality.py --init-knn)
     conv_init: Literal["kaiming_fan_out", "torch_default"] = "kaiming_fan_out"
     #: ResNets: the ReLU after the stem's BatchNorm. LightlySSL's benchmarks build their backbone as
     #: ``nn.Sequential(*ResNetGenerator(...).children()[:-1])``, which drops it (ResNetGenerator applies it
@@ -193,21 +198,173 @@ class BackboneConfig:
 MASKED_IMAGE_METHODS = frozenset({"mae", "siameseim"})
 
 
+#: the keys under ``method:`` each method takes: its constructor's keyword arguments (ssl_models.methods), less
+#: the ones the pipeline derives from other sections (DERIVED_METHOD_ARGS). A test keeps both in step.
+METHOD_KEYS: dict[str, tuple[str, ...]] = {
+    "simclr": ("temperature", "proj_hidden_dim", "proj_dim", "proj_output_bn"),
+    "dcl": ("temperature", "proj_hidden_dim", "proj_dim", "proj_output_bn"),
+    "dclw": ("temperature", "proj_hidden_dim", "proj_dim", "sigma", "proj_output_bn"),
+    "moco_v2": ("temperature", "proj_hidden_dim", "proj_dim", "queue_size", "momentum", "symmetric", "mochi",
+                "mochi_n_hard", "mochi_num_mix", "mochi_num_query_mix", "mochi_start_step", "key_bn_splits"),
+    "mochi": ("temperature", "proj_hidden_dim", "proj_dim", "queue_size", "momentum", "symmetric", "mochi_n_hard",
+              "mochi_num_mix", "mochi_num_query_mix", "mochi_start_step", "key_bn_splits"),
+    "byol": ("proj_hidden_dim", "proj_dim", "pred_hidden_dim", "base_momentum"),
+    "barlow_twins": ("proj_hidden_dim", "proj_dim", "lambda_offdiag"),
+    "mixed_barlow_twins": ("proj_hidden_dim", "proj_dim", "lambda_offdiag", "mixup_scale", "mix_beta"),
+    "vicreg": ("proj_hidden_dim", "proj_dim", "sim_weight", "var_weight", "cov_weight"),
+    "isogclr": ("temperature", "proj_hidden_dim", "proj_dim", "gamma", "rho", "tau_lr", "tau_momentum", "tau_min",
+                "tau_max", "grad_clip"),
+    "mae": ("decoder_dim", "decoder_depth", "decoder_heads", "mask_ratio", "norm_pix"),
+    "siameseim": ("decoder_dim", "decoder_depth", "decoder_heads", "mask_ratio", "crop_scale", "base_momentum", "loss",
+                  "neg_weight", "pixel_weight"),
+}
+
+#: constructor arguments the pipeline sets from other config sections (or the data), never under ``method:``
+DERIVED_METHOD_ARGS: dict[str, str] = {
+    "img_size": "data.image_size",
+    "in_chans": "data.channels",
+    "seed": "seed",
+    "num_samples": "the size of the training pool (iSogCLR's per-sample state)",
+    "vit": "backbone.name (a masked-image method's encoder is the configured ViT, vit_tiny for a CNN name)",
+    "patch_size": "backbone.patch_size",
+    "depth": "backbone.vit_depth",
+    "embed_dim": "backbone.name (the ViT size)",
+    "num_heads": "backbone.name (the ViT size)",
+}
+
+
+def _positive(v: Any) -> bool:
+    return v > 0
+
+
+#: the allowed values of every ``method:`` key (the type comes from the field; ranges from the papers' sense)
+_METHOD_RULES: dict[str, tuple[Any, str]] = {
+    "temperature": (lambda v: 0.001 <= v <= 10.0, "a number in [0.001, 10]"),
+    "proj_hidden_dim": (_positive, "an integer >= 1"),
+    "proj_dim": (_positive, "an integer >= 1"),
+    "pred_hidden_dim": (_positive, "an integer >= 1"),
+    "sigma": (_positive, "a number > 0"),
+    "queue_size": (_positive, "an integer >= 1"),
+    "momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "base_momentum": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "mochi_n_hard": (_positive, "an integer >= 1"),
+    "mochi_num_mix": (lambda v: v >= 0, "an integer >= 0"),
+    "mochi_num_query_mix": (lambda v: v >= 0, "an integer >= 0"),
+    "mochi_start_step": (lambda v: v >= 0, "an integer >= 0"),
+    "key_bn_splits": (_positive, "an integer >= 1"),
+    "lambda_offdiag": (lambda v: v >= 0, "a number >= 0"),
+    "mixup_scale": (lambda v: v >= 0, "a number >= 0"),
+    "mix_beta": (_positive, "a number > 0"),
+    "sim_weight": (lambda v: v >= 0, "a number >= 0"),
+    "var_weight": (lambda v: v >= 0, "a number >= 0"),
+    "cov_weight": (lambda v: v >= 0, "a number >= 0"),
+    "gamma": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "rho": (lambda v: v >= 0, "a number >= 0"),
+    "tau_lr": (_positive, "a number > 0"),
+    "tau_momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "tau_min": (_positive, "a number > 0"),
+    "tau_max": (_positive, "a number > 0"),
+    "grad_clip": (_positive, "a number > 0"),
+    "decoder_dim": (lambda v: v >= 4 and v % 4 == 0, "a multiple of 4 (its sin-cos position embedding)"),
+    "decoder_depth": (_positive, "an integer >= 1"),
+    "decoder_heads": (_positive, "an integer >= 1"),
+    "mask_ratio": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "crop_scale": (lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 1, "two numbers [min, max] with 0 < min <= max <= 1"),
+    "neg_weight": (lambda v: v >= 0, "a number >= 0"),
+    "pixel_weight": (lambda v: v >= 0, "a number >= 0"),
+    # switches and choices: their type (true/false, the listed names) is all there is to check
+    "proj_output_bn": (lambda v: True, "true or false"),
+    "symmetric": (lambda v: True, "true or false"),
+    "mochi": (lambda v: True, "true or false"),
+    "norm_pix": (lambda v: True, "true or false"),
+    "loss": (lambda v: True, "unigrad or cosine"),
+}
+
+
 @dataclass
 class MethodConfig:
+    """The SSL method and its hyperparameters.
+
+    Every key but ``name`` is one keyword argument of the method's constructor (METHOD_KEYS says which
+    method takes which). Unset (null) keys keep the method's own defaults, its paper's settings; setting a
+    key the chosen method does not take is an error, so a sweep never varies a knob nobody reads.
+    """
+
     #: the registry names of ssl_models.methods.METHODS (a test keeps the two in step)
     name: Literal["simclr", "dcl", "dclw", "moco_v2", "mochi", "byol", "barlow_twins", "mixed_barlow_twins",
                   "vicreg", "isogclr", "mae", "siameseim"] = "simclr"
-    temperature: float = 0.2
-    proj_hidden_dim: int = 256
-    proj_dim: int = 64
-    #: a BatchNorm on the projector's output (SimCLR v2's and LightlySSL's SimCLR head); simclr, dcl, dclw
-    proj_output_bn: bool = False
+    #: softmax temperature of the contrastive loss (iSogCLR: every sample's initial one)
+    temperature: Optional[float] = None
+    #: projector widths (BYOL: projector and predictor output; Barlow Twins / VICReg: the expander)
+    proj_hidden_dim: Optional[int] = None
+    proj_dim: Optional[int] = None
+    #: a BatchNorm on the projector's output (SimCLR v2's and LightlySSL's SimCLR head)
+    proj_output_bn: Optional[bool] = None
+    #: DCLW: temperature of the von Mises-Fisher weighting of positives
+    sigma: Optional[float] = None
+    #: MoCo / MoCHi: queue of negatives, EMA momentum of the key encoder, both views as queries,
+    #: shuffle-BN chunks of the key batch
+    queue_size: Optional[int] = None
+    momentum: Optional[float] = None
+    symmetric: Optional[bool] = None
+    key_bn_splits: Optional[int] = None
+    #: MoCo v2 with MoCHi's synthetic hard negatives (the ``mochi`` method has them on)
+    mochi: Optional[bool] = None
+    #: MoCHi: hard-set size N, s mixes of two hard negatives, s' mixes with the query, first step that mixes
+    mochi_n_hard: Optional[int] = None
+    mochi_num_mix: Optional[int] = None
+    mochi_num_query_mix: Optional[int] = None
+    mochi_start_step: Optional[int] = None
+    #: BYOL: predictor width; BYOL / SiameseIM: base of the cosine EMA-momentum schedule
+    pred_hidden_dim: Optional[int] = None
+    base_momentum: Optional[float] = None
+    #: Barlow Twins: weight of the redundancy-reduction term; Mixed Barlow Twins: mixup weight and Beta(a, a)
+    lambda_offdiag: Optional[float] = None
+    mixup_scale: Optional[float] = None
+    mix_beta: Optional[float] = None
+    #: VICReg: invariance, variance and covariance weights
+    sim_weight: Optional[float] = None
+    var_weight: Optional[float] = None
+    cov_weight: Optional[float] = None
+    #: iSogCLR: moving-average rate, KL radius, the temperatures' optimiser, box and gradient clip
+    gamma: Optional[float] = None
+    rho: Optional[float] = None
+    tau_lr: Optional[float] = None
+    tau_momentum: Optional[float] = None
+    tau_min: Optional[float] = None
+    tau_max: Optional[float] = None
+    grad_clip: Optional[float] = None
+    #: MAE / SiameseIM: decoder size, share of hidden patches
+    decoder_dim: Optional[int] = None
+    decoder_depth: Optional[int] = None
+    decoder_heads: Optional[int] = None
+    mask_ratio: Optional[float] = None
+    #: MAE: normalise each target patch
+    norm_pix: Optional[bool] = None
+    #: SiameseIM: scale range of its own crops, feature loss, UniGrad's push weight, weight of the pixel term
+    crop_scale: Optional[list[float]] = None
+    loss: Optional[Literal["unigrad", "cosine"]] = None
+    neg_weight: Optional[float] = None
+    pixel_weight: Optional[float] = None
+
+    def set_keys(self) -> dict[str, Any]:
+        """The hyperparameters the config sets (every other one keeps the method's default)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name != "name" and getattr(self, f.name) is not None}
 
     def validate(self, path: str) -> None:
-        _check(0.001 <= self.temperature <= 10.0, f"{path}.temperature", "a number in [0.001, 10]")
-        _check(self.proj_hidden_dim >= 1, f"{path}.proj_hidden_dim", "an integer >= 1")
-        _check(self.proj_dim >= 1, f"{path}.proj_dim", "an integer >= 1")
+        takes = METHOD_KEYS[self.name]
+        for key, value in self.set_keys().items():
+            _check(key in takes, f"{path}.{key}",
+                   f"unset for {self.name}, which does not take it ({self.name} takes: {', '.join(sorted(takes))}; "
+                   f"unset keys keep the method's own defaults)")
+            ok, allowed = _METHOD_RULES[key]
+            _check(ok(value), f"{path}.{key}", allowed)
+        if self.tau_min is not None and self.tau_max is not None:
+            _check(self.tau_min <= self.tau_max, f"{path}.tau_min", f"<= method.tau_max ({self.tau_max})")
+        if self.decoder_dim is not None and self.decoder_heads is not None:
+            _check(self.decoder_dim % self.decoder_heads == 0, f"{path}.decoder_heads",
+                   f"a divisor of method.decoder_dim ({self.decoder_dim})")
 
 
 @dataclass
@@ -251,21 +408,20 @@ class TrainConfig:
     warmup_epochs: int = 1
     schedule: Literal["warmup_cosine", "constant_cooldown"] = "warmup_cosine"
     #: fp32, bf16 (autocast; weights, optimizer and losses stay fp32), or auto: bf16 where the worker's
-    #: device has native bf16 (a CUDA GPU that supports it, a CPU with AVX512-BF16 or AMX), else fp32.
-    #: A ResNet-18 CIFAR step: 2.2x faster in bf16 on an AVX512-BF16 EPYC, 5.3x slower on an AVX2-only
-    #: CPU (bench/precision.py). fp32 by default so a config gives the same numbers on every host
+    #: device has native bf16 (a CUDA GPU that supports it, a CPU with AVX512-BF16 or AMX), else fp32,
+    #: since emulated bf16 is slower than fp32 (figures: docs/BENCHMARKS.md, bench/precision.py). fp32 by
+    #: default so a config gives the same numbers on every host
     precision: Literal["auto", "fp32", "bf16"] = "fp32"
-    #: NHWC activations for convolutional backbones (a ResNet-18 CIFAR fwd+bwd step is ~1.3x faster on
-    #: CPU, bench/precision.py); ignored for ViTs, whose convolution is a single patch embedding
+    #: NHWC activations for convolutional backbones (faster convolutions on CPU: docs/BENCHMARKS.md,
+    #: bench/precision.py); ignored for ViTs, whose convolution is a single patch embedding
     channels_last: bool = True
-    #: torch.compile the backbone's training forward + backward (inductor). On this 2-core AVX2 CPU a
-    #: ResNet-18 CIFAR step is only 1.03-1.06x faster than eager channels_last (bench/precision.py
-    #: --compile; GPUs gain more), for a one-off ~70 s cold compile per worker (seconds once inductor's
-    #: cache is warm); on an AVX-512 EPYC it was ~7 % slower than eager: a GPU setting, not a CPU one
+    #: torch.compile the backbone's training forward + backward (inductor): a GPU setting, not a CPU one
+    #: (on CPUs it gained little or lost against eager channels_last, for a cold compile per worker:
+    #: docs/BENCHMARKS.md, bench/precision.py --compile)
     compile: bool = False
     #: C heap allocator of the training workers: auto = tcmalloc, else jemalloc, else the system's malloc.
     #: glibc's malloc mmaps large activations and page-faults them afresh each step; a caching allocator
-    #: made a 2-worker ResNet-18 CIFAR step 1.14-1.16x faster on 2 cores (bench/allocator.py, pipelines/allocator.py)
+    #: keeps the pages (figures: docs/BENCHMARKS.md, bench/allocator.py; why: pipelines/allocator.py)
     allocator: Literal["auto", "tcmalloc", "jemalloc", "system"] = "auto"
     #: rank 0 prints a progress line (step, loss, img/s, ETA) at most this often within an epoch; 0 = off
     progress_every_s: float = 60.0
@@ -609,14 +765,35 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
     return _build(RunConfig, data, "")
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, with YAML 1.2's float spellings.
+
+    PyYAML implements YAML 1.1, whose floats need a dot and a signed exponent: ``1e-3``,
+    ``1E5``, ``1.0e5`` and ``2e+2`` load as *strings*, so ``train.lr: 1e-3`` would be refused
+    as "not a number".  This loader reads every spelling with an exponent as a float too.
+    """
+
+
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text as every config, sweep file and ``key=value`` override is parsed (safe, YAML 1.2 floats)."""
+    return yaml.load(text, Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``train.epochs=5`` -> (["train", "epochs"], 5); the value is parsed as YAML."""
+    """``train.epochs=5`` -> (["train", "epochs"], 5); the value is parsed as YAML (``train.lr=1e-3`` is a float)."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not of the form key=value (e.g. train.epochs=5)")
     key, raw = text.split("=", 1)
     if not key:
         raise ConfigError(f"override {text!r} has an empty key")
-    return key.split("."), yaml.safe_load(raw) if raw != "" else ""
+    return key.split("."), load_yaml(raw) if raw != "" else ""
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
@@ -644,7 +821,7 @@ def read_yaml_file(path: str | Path, what: str, example: str) -> Any:
     if not p.is_file():
         raise ConfigError(f"{what} file not found: {p} (pass a YAML file, e.g. {example})")
     try:
-        return yaml.safe_load(p.read_text())
+        return load_yaml(p.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{what} file {p} is not valid YAML: {exc}") from None
 

@@ -172,12 +172,13 @@ def semantic_stages(manifest: pa.Table, paths: list[str], out_dir: str, cfg: Cur
     survivors = np.arange(len(candidates))
     if cfg.semdedup_clusters > 0:
         k = min(cfg.semdedup_clusters, max(1, len(candidates) // 2))
-        dup = semdedup(emb, k, cfg.semdedup_eps, seed, [keys[i] for i in candidates])
+        dup = semdedup(emb, k, cfg.semdedup_eps, seed, [keys[i] for i in candidates], mode=cfg.semdedup_mode)
         for local in np.flatnonzero(dup >= 0):
             i = candidates[local]
             reasons[i], dup_of[i] = "semantic_dup", keys[candidates[dup[local]]]
         survivors = np.flatnonzero(dup < 0)
-        info["semdedup"] = {"clusters": k, "eps": cfg.semdedup_eps, "removed": int((dup >= 0).sum())}
+        info["semdedup"] = {"clusters": k, "eps": cfg.semdedup_eps, "mode": cfg.semdedup_mode,
+                            "removed": int((dup >= 0).sum())}
     if cfg.balance_fraction < 1 and len(survivors) >= 4:
         levels = cfg.balance_levels or auto_levels(len(survivors))
         levels = [min(k, len(survivors) // 2) for k in levels]

@@ -4,9 +4,9 @@ A Ray Train worker that was given a GPU (``train.use_gpu``) trains on it: the mo
 each batch and the view augmentation (``ssl_models.augment`` is device-agnostic) move
 there, while the worker's decoded image pool stays in host memory. ``train.precision:
 auto`` picks bf16 autocast only where bf16 has native arithmetic: a CUDA GPU that
-supports it, or a CPU with AVX512-BF16 or AMX. Without those bf16 is emulated and on
-an AVX2-only CPU a ResNet-18 step was 5.3x *slower* than fp32; with AVX512-BF16 it was
-2.2x faster (``bench/precision.py``), so the choice cannot be a fixed default.
+supports it, or a CPU with AVX512-BF16 or AMX. Without those bf16 is emulated and
+*slower* than fp32; with them it is faster (figures: docs/BENCHMARKS.md, ``bench/precision.py``),
+so the choice cannot be a fixed default.
 """
 
 from __future__ import annotations

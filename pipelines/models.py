@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from typing import Any
 
 import torch
 
@@ -18,12 +19,36 @@ log = logging.getLogger("sslpipe.models")
 DEFAULT_MIM_VIT = "vit_tiny"
 
 
+def method_kwargs(cfg: RunConfig, num_samples: int | None = None) -> dict[str, Any]:
+    """The keyword arguments ``cfg`` gives the method's constructor: the ``method:`` keys it sets, plus
+    what the pipeline derives (image size, channels, seed, pool size); the rest keep the method's defaults."""
+    accepted = inspect.signature(METHODS[cfg.method.name]).parameters
+    kwargs: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.method.set_keys().items()}
+    derived = {"img_size": cfg.data.image_size, "in_chans": cfg.data.channels, "seed": cfg.seed}
+    if num_samples is not None:
+        derived["num_samples"] = num_samples
+    kwargs.update({k: v for k, v in derived.items() if k in accepted})
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:  # MethodConfig.validate refuses these at load; a mismatch here is a programming error
+        raise TypeError(f"{cfg.method.name} takes no {', '.join(unknown)}")
+    return kwargs
+
+
+def resolved_method_hparams(cfg: RunConfig, num_samples: int | None = None) -> dict[str, Any]:
+    """Every constructor argument of the method with the value it gets (set, derived or default)."""
+    params = list(inspect.signature(METHODS[cfg.method.name]).parameters.values())[2:]  # after backbone, feature_dim
+    out = {p.name: p.default for p in params}
+    out.update(method_kwargs(cfg, num_samples))
+    return out
+
+
 def build_method_from_config(cfg: RunConfig, num_samples: int | None = None) -> SSLMethod:
     """The method at its initialisation for ``cfg.seed`` (the random-init baseline uses this too).
 
-    Every method gets the keyword arguments its constructor names, and only those: SimCLR takes
-    a temperature, BYOL does not; MAE builds its own ViT from the image size and channels.
-    ``num_samples`` sizes per-sample state (iSogCLR's learned temperatures).
+    The constructor gets the ``method:`` keys the config sets and the arguments derived from other sections
+    (:func:`method_kwargs`); every other argument keeps the method's own default. MAE and SiameseIM train
+    the configured ViT (vit_tiny when the config names a CNN). ``num_samples`` sizes per-sample state
+    (iSogCLR's learned temperatures).
     """
     torch.manual_seed(cfg.seed)
     b = cfg.backbone
@@ -39,18 +64,10 @@ def build_method_from_config(cfg: RunConfig, num_samples: int | None = None) -> 
         img_size=cfg.data.image_size, patch_size=b.patch_size, vit_depth=b.vit_depth or None,
         zero_init_residual=b.zero_init_residual, conv_init=b.conv_init, stem_relu=b.stem_relu,
     )
-    offered = {
-        "temperature": cfg.method.temperature,
-        "proj_hidden_dim": cfg.method.proj_hidden_dim,
-        "proj_dim": cfg.method.proj_dim,
-        "proj_output_bn": cfg.method.proj_output_bn,
-        "img_size": cfg.data.image_size,
-        "in_chans": cfg.data.channels,
-    }
-    if num_samples is not None:
-        offered["num_samples"] = num_samples
-    accepted = inspect.signature(METHODS[cfg.method.name]).parameters
-    return build_method(cfg.method.name, backbone, dim, **{k: v for k, v in offered.items() if k in accepted})
+    kwargs = method_kwargs(cfg, num_samples)
+    log.info("method %s: %s", cfg.method.name,
+             ", ".join(f"{k}={v}" for k, v in resolved_method_hparams(cfg, num_samples).items()))
+    return build_method(cfg.method.name, backbone, dim, **kwargs)
 
 
 def forward_takes_index(method: SSLMethod) -> bool:

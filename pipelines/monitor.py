@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from pipelines.config import RunConfig
+from pipelines.config import METHOD_KEYS, RunConfig
 
 #: Ray Train dataset names of the monitor's sets (never split across workers)
 BANK_DS, QUERIES_DS, POOL_DS = "monitor_bank", "monitor_queries", "monitor_pool"
@@ -344,8 +344,10 @@ class OnlineMonitor:
         metrics = label_free_on_images(backbone, self.pool, self.cfg)
         threshold = self.cfg.train.collapse_std_threshold
         if math.isfinite(metrics["feature_std"]) and metrics["feature_std"] < threshold:
+            # only a key the method takes: any other is refused at config load
+            raise_t = "raise method.temperature, " if "temperature" in METHOD_KEYS.get(self.cfg.method.name, ()) else ""
             say(f"[monitor] warning: epoch {epoch}: the features are collapsing: per-dimension std "
                 f"{metrics['feature_std']:.4f} < train.collapse_std_threshold {threshold} (1 = spread over the "
-                f"sphere, 0 = every image on one point; RankMe {metrics['rankme']:.1f}); lower train.lr, raise "
-                f"method.temperature, or check the method's predictor / momentum encoder")
+                f"sphere, 0 = every image on one point; RankMe {metrics['rankme']:.1f}); lower train.lr, {raise_t}"
+                f"or check the method's predictor / momentum encoder")
         return metrics

@@ -7,8 +7,8 @@ on 127.0.0.1 only unless ``ray.dashboard_host`` says otherwise.
 
 A Ray we start ourselves is one node, and on a small node Ray's own idle
 processes are a measurable tax: every Ray worker process, busy or not, wakes
-every 10 ms for its signal check (hard-coded in Ray's core worker) and costs
-about 1 % of a core doing so (``bench/ray_tax.py``). So a local Ray drops the
+every 10 ms for its signal check (hard-coded in Ray's core worker), which costs
+CPU beside training (figures: docs/BENCHMARKS.md, ``bench/ray_tax.py``). So a local Ray drops the
 idle processes that buy nothing on one node: Ray Train's preemption watcher
 (it polls for spot-instance preemption, which a local Ray cannot have) and
 pooled task workers that have sat idle for 10 s (Ray keeps up to one per
@@ -20,9 +20,9 @@ running, so Ray's many short wake-ups wait for the end of the current time slice
 instead of cutting into the training threads' convolutions. Ray's processes
 inherit the policy from the thread that starts them (``init_local_ray`` sets it
 for that call only and gives the caller's thread its own policy back). Beside a
-training step on 2 cores this halves how often the step is preempted and trims
-Ray's CPU share a little; the throughput it wins back (-0.5 to +3.3 % in three
-runs of ``bench/ray_tax.py``) is inside that bench's noise. It also keeps a
+training step on 2 cores this makes the step preempted less often and trims
+Ray's CPU share; the throughput it wins back is inside the noise of
+``bench/ray_tax.py`` (figures: docs/BENCHMARKS.md). It also keeps a
 local job from preempting the user's interactive programs. ``ray.local_scheduling:
 normal`` turns it off.
 

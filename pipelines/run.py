@@ -134,6 +134,7 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
     from pipelines.evaluate import full_evaluation, label_free_evaluation, load_labelled
     from pipelines.eval_sets import index_eval_sets
     from pipelines.monitor import monitor_sets_for_run
+    from pipelines.models import resolved_method_hparams
     from pipelines.pretrain import load_backbone, pretrain
     from pipelines.sources import resolve_sources
     from pipelines.eval_sets import resolve_eval_sets
@@ -173,10 +174,11 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
         res = pretrain(cfg, pool, run.location, monitor_sets_for_run(cfg, pool_rec, cur_rec, labelled))
         hist = res.history
         storage.write_text(run.join("metrics.jsonl"), "".join(json.dumps(h) + "\n" for h in hist))
+        temperature = resolved_method_hparams(cfg).get("temperature")  # None: the method has none (BYOL, MAE, ...)
         desc = (
             f"{cfg.method.name} on {cfg.backbone.name}, {cfg.train.num_workers} Ray Train worker(s) "
             f"(DDP, gloo), global batch {cfg.train.batch_size}, {cfg.train.optimizer} lr {cfg.train.lr}, "
-            f"temperature {cfg.method.temperature}, {cfg.train.precision}."
+            + (f"temperature {temperature}, " if temperature is not None else "") + f"{cfg.train.precision}."
         )
         return {"checkpoint": str(res.checkpoint_path), "history": hist, "seconds": res.seconds, "description": desc}
 

@@ -1,7 +1,8 @@
 """Batched view augmentation: SimCLR-style views for a whole batch in a few tensor ops.
 
-Per-image PIL/torchvision transforms cost ~1 ms per image for two views on a CPU
-core, 25x the cost of decoding a 32 px JPEG, and they starve the trainer. Here
+Per-image PIL/torchvision transforms cost far more per image than decoding a
+small JPEG, and they starve the trainer (figures: docs/BENCHMARKS.md,
+``bench/ingest.py``). Here
 every random parameter is still drawn *per sample* (crop box, flip, jitter
 factors, grayscale, blur sigma), but the pixels of the whole batch move through
 one ``affine_grid``/``grid_sample`` and a handful of broadcast ops, on CPU or GPU.

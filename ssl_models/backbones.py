@@ -20,9 +20,10 @@ from ssl_models.vit import VIT_CONFIGS, build_vit
 class SmallConvNet(nn.Module):
     """Three conv blocks and global average pooling.
 
-    Used by the offline demo: on 28 px digits a random-init ResNet-18 already
-    reaches 0.91 kNN, which hides whether SSL learned anything, while this net
-    starts near 0.80 and trains in minutes on 2 CPU cores.
+    Used by the offline demo: on 28 px digits an untrained ResNet-18 already scores
+    a higher kNN, which leaves less room to show what SSL learned, while this net
+    starts lower and trains in minutes on 2 CPU cores (figures: docs/BENCHMARKS.md,
+    ``bench/code_figures.py random_init_knn``).
     """
 
     def __init__(self, in_channels: int = 1, width: int = 32) -> None:

@@ -155,3 +155,35 @@ def test_sslpipe_backbone_computes_lightlys_benchmark_backbone_only_without_the_
     with torch.no_grad():
         same = torch.allclose(ours(x).flatten(1), theirs(x).flatten(1), atol=1e-5)
     assert same != stem_relu
+
+
+def test_like_for_like_row_changes_only_the_allocator_and_the_init_scheme(quality, tmp_path: Path) -> None:
+    """The like-for-like sslpipe run is the as-shipped recipe with lightly's malloc and lightly's init scheme
+    (PyTorch's default, which ResNetGenerator keeps), nothing else."""
+    from pipelines.config import config_to_dict
+
+    shipped = config_to_dict(quality.sslpipe_config(tmp_path, _args()))
+    like = config_to_dict(quality.sslpipe_config(tmp_path, _args(), quality.like_for_like_overrides("system")))
+    assert (like["train"]["allocator"], like["backbone"]["conv_init"]) == ("system", "torch_default")
+    assert (shipped["train"]["allocator"], shipped["backbone"]["conv_init"]) == ("auto", "kaiming_fan_out")
+    for section, key in (("train", "allocator"), ("backbone", "conv_init")):
+        del like[section][key], shipped[section][key]
+    assert like == shipped
+
+
+def test_verdict_states_every_goal_and_both_gains_on_both_rows(quality) -> None:
+    def run(knn: float, init: float, speed: float, malloc: str) -> dict:
+        return {"knn_top1": knn, "knn_top1_at_init": init, "images_per_s": speed, "malloc": malloc}
+
+    rows = quality.verdict({"lightly": run(0.42, 0.35, 40.0, "glibc"), "sslpipe": run(0.45, 0.38, 50.0, "tcmalloc"),
+                            "sslpipe_like_for_like": run(0.43, 0.35, 44.0, "glibc")})
+    assert list(rows) == ["as_shipped", "like_for_like"]
+    shipped, like = rows["as_shipped"], rows["like_for_like"]
+    assert shipped["speed_ratio_sslpipe_over_lightly"] == 1.25 and shipped["knn_difference_points"] == 3.0
+    assert shipped["goals"] == {"speed >= 1.2x": "met", "kNN >= +2 points": "met"}
+    assert like["goals"] == {"speed >= 1.2x": "not met", "kNN >= +2 points": "not met"}
+    # the as-shipped kNN lead is all init: both gains equal lightly's
+    assert shipped["knn_gain_over_init_points"] == {"lightly": 7.0, "sslpipe": 7.0}
+    assert shipped["gain_difference_points"] == 0.0 and like["gain_difference_points"] == 1.0
+    assert list(quality.verdict({"lightly": run(0.4, 0.3, 1.0, "glibc"), "sslpipe": run(0.4, 0.3, 1.0, "x")})) == [
+        "as_shipped"]

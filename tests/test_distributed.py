@@ -1,4 +1,4 @@
-"""Real distributed training: DDP over gloo with 2 workers, a killed worker, and a 2-node cluster."""
+"""Real distributed training: DDP over gloo with 2 workers, a killed worker, and two Ray nodes on one host."""
 
 from __future__ import annotations
 

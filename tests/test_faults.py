@@ -1,7 +1,7 @@
 """Faults during a job: killed Ray workers, a removed node, a killed driver. Nothing lost, same result.
 
-Every fault here is real: a SIGKILL to the Ray worker process running the stage, a node of a real
-2-node local Ray cluster removed mid-stage, a SIGKILL to the ``sslpipe run`` driver process.
+Every fault here is real: a SIGKILL to the Ray worker process running the stage, one
+node of two Ray nodes on one host removed mid-stage, a SIGKILL to the ``sslpipe run`` driver process.
 """
 
 from __future__ import annotations
@@ -139,7 +139,7 @@ cluster.shutdown()
 @pytest.mark.slow
 def test_two_node_curation_and_node_removal_give_the_single_node_manifest(curation_pool, single_node_manifest,
                                                                          tmp_path: Path) -> None:
-    """Same seed, same manifest: on 1 node, on a 2-node cluster, and when a node dies mid-curation."""
+    """Same seed, same manifest: on 1 node, on two Ray nodes on one host, and when a node dies mid-curation."""
     _, paths = curation_pool
     proc = subprocess.run(
         [sys.executable, "-c", TWO_NODE_SCRIPT, str(tmp_path), json.dumps(paths), json.dumps(CURATE_OVERRIDES)],

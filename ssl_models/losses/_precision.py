@@ -3,7 +3,8 @@
 bf16 keeps 8 mantissa bits: a logsumexp over thousands of negatives, a
 batch-mean or a D x D cross-correlation summed in bf16 loses the differences
 the loss is made of. Backbones and heads gain from bf16; the loss costs little
-in fp32, so every loss function is wrapped in ``fp32_loss``.
+in fp32, so every loss function is wrapped in ``fp32_loss`` (and listed in
+``ssl_models.losses.LOSSES``, which a test runs under bf16 autocast).
 """
 
 from __future__ import annotations
@@ -33,4 +34,5 @@ def fp32_loss(fn: F) -> F:
         with torch.autocast(device_type=device, enabled=False):
             return fn(*[_to_fp32(a) for a in args], **{k: _to_fp32(v) for k, v in kwargs.items()})
 
+    wrapper.fp32_loss = True  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]

@@ -19,7 +19,9 @@ a linear embedding would give z_m = alpha z_a + (1 - alpha) z_b[perm], so
 
 and the squared error of those two relations is penalised. It discourages the
 over-fitting (memorising per-sample features) that Barlow Twins shows on small
-data sets.
+data sets. The authors' main.py standardises with the unbiased std and no eps;
+we standardise both terms as Barlow Twins' own code does (BatchNorm without
+affine), which scales every correlation by (B - 1) / B relative to theirs.
 """
 
 from __future__ import annotations

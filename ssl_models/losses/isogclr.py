@@ -17,12 +17,17 @@ u_i <- (1 - gamma) u_i + gamma * g_i(batch). With u_i in place of the mean:
     dF_i/dw   = sum_z exp(h_i(z)/tau_i) / (|S_i| u_i) * dh_i(z)/dw
     dF_i/dtau = log u_i + rho - sum_z exp(h_i(z)/tau_i) / (|S_i| u_i) * h_i(z)/tau_i
 
-We keep u in the log domain (``log_u``), which replaces the reference code's
-running-max shift and cannot overflow for small tau. The returned ``loss`` is a
-surrogate whose gradient is dF/dw (the weights are detached); ``objective`` is
-the value of F itself, for logs. The reference code divides its weights by
-|S| a second time; we follow the paper's gradient, which only rescales the
-learning rate.
+We keep u in the log domain (``log_u``), which cannot overflow for small tau.
+The returned ``loss`` is a surrogate whose gradient is dF/dw (the weights are
+detached); ``objective`` is the value of F itself, for logs.
+
+Where the authors' code (zhqiu/contrastive-learning-iSogCLR ``SogCLR_DRO_Loss``,
+LibAUC ``GCLoss_v1``) differs: it averages exp(sim / tau) without the positive's
+shift and keeps one u per sample (the mean of its two views'), and it sums the
+two views' losses where we average them. On a sample's first visit (u = the
+batch mean) the two give the same weights, tau-gradient and, up to that factor
+2, the same gradient (tests/ssl_models/test_losses.py); on later visits we
+follow the paper's u of exp(h / tau), one per view-anchor.
 """
 
 from __future__ import annotations

@@ -13,8 +13,9 @@ entries most similar to it) into extra negatives:
     h_k  = normalise(alpha_k * n_i + (1 - alpha_k) * n_j),  alpha_k ~ U(0, 1)      (s of them)
     h'_k = normalise(beta_k * q + (1 - beta_k) * n_j),      beta_k ~ U(0, 0.5)     (s' of them)
 
-with n_i, n_j drawn from the hard set. Synthetic negatives carry no gradient
-(the query inside h' is detached), as in the paper: they only enlarge the
+with n_i != n_j two distinct members of the hard set (mixing an entry with
+itself would only repeat it). Synthetic negatives carry no gradient (the
+query inside h' is detached), as in the paper: they only enlarge the
 denominator.
 """
 
@@ -63,8 +64,8 @@ def moco_loss(
 class MochiDraw:
     """The random choices of one MoCHi step, kept apart so the mixing is a pure function.
 
-    ``pair_i``/``pair_j``: [B, s] positions within the hard set; ``alpha``: [B, s];
-    ``query_j``: [B, s'] positions within the hard set; ``beta``: [B, s'].
+    ``pair_i``/``pair_j``: [B, s] positions within the hard set (ordered hardest first), never equal
+    to each other; ``alpha``: [B, s]; ``query_j``: [B, s'] positions within the hard set; ``beta``: [B, s'].
     """
 
     pair_i: torch.Tensor
@@ -78,13 +79,22 @@ def draw_mochi(
     batch: int, n_hard: int, num_mix: int, num_query_mix: int, generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
 ) -> MochiDraw:
-    """Sample which hard negatives to mix and with what coefficients."""
+    """Sample which hard negatives to mix and with what coefficients.
+
+    Each of the ``num_mix`` pairs is two distinct hard negatives, uniform over the ordered pairs:
+    ``pair_j`` is ``pair_i`` shifted by 1 .. n_hard - 1 places (mod n_hard).
+    """
+    if num_mix > 0 and n_hard < 2:
+        raise ValueError(f"MoCHi mixes pairs of distinct hard negatives: needs a hard set of >= 2, got {n_hard}")
+
     def ints(n: int) -> torch.Tensor:
         return torch.randint(0, n_hard, (batch, n), generator=generator).to(device)
 
+    pair_i = ints(num_mix)
+    shift = torch.randint(1, max(n_hard, 2), (batch, num_mix), generator=generator).to(device)
     return MochiDraw(
-        pair_i=ints(num_mix),
-        pair_j=ints(num_mix),
+        pair_i=pair_i,
+        pair_j=(pair_i + shift) % n_hard,
         alpha=torch.rand(batch, num_mix, generator=generator).to(device),
         query_j=ints(num_query_mix),
         beta=0.5 * torch.rand(batch, num_query_mix, generator=generator).to(device),

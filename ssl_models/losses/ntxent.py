@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from ssl_models.distributed import gather_with_grad, rank
+from ssl_models.losses._precision import fp32_loss
 
 
+@fp32_loss
 def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
     """Mean NT-Xent over this worker's 2B anchors against the global batch.
 
@@ -41,6 +43,5 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -
     self_idx = torch.cat([rows + offset, rows + offset + total])
     pos_idx = torch.cat([rows + offset + total, rows + offset])
     anchors = torch.arange(2 * batch, device=z1.device)
-    logits = logits.float()
     logits[anchors, self_idx] = float("-inf")  # an embedding is never its own negative
     return F.cross_entropy(logits, pos_idx)

@@ -35,9 +35,12 @@ class MoCoV2(SSLMethod):
     """MoCo v2; ``mochi=True`` adds MoCHi's synthetic hard negatives.
 
     MoCHi args: ``mochi_n_hard`` hardest queue negatives per query form the hard
-    set; ``mochi_num_mix`` (s) negatives mix two of them; ``mochi_num_query_mix``
-    (s') mix the query with one; mixing starts at ``mochi_start_step`` (the
-    paper waits until the queue holds meaningful keys).
+    set; ``mochi_num_mix`` (s) negatives mix two distinct ones of them;
+    ``mochi_num_query_mix`` (s') mix the query with one; mixing starts at
+    optimizer step ``mochi_start_step`` (default 0: from the first step). The
+    queue starts as random unit vectors and holds only real keys after
+    ``queue_size / keys per step`` steps; until then part of the hard set is
+    that noise. Set ``method.mochi_start_step`` to wait for real keys.
     """
 
     num_views = 2
@@ -89,15 +92,19 @@ class MoCoV2(SSLMethod):
         keys[perm] = torch.cat(chunks)
         return F.normalize(keys, dim=1)
 
+    def synthetic_negatives(self, q: Tensor) -> Tensor | None:
+        """MoCHi's synthetic hard negatives for the queries ``q`` ([B, s + s', D]), or None (no MoCHi, or
+        before ``mochi_start_step``)."""
+        if not (self.mochi and self._step >= self.mochi_start_step):
+            return None
+        draw = draw_mochi(
+            q.shape[0], min(self.mochi_n_hard, self.queue.shape[0]), self.mochi_num_mix,
+            self.mochi_num_query_mix, self._gen, q.device,
+        )
+        return mochi_negatives(q, self.queue, self.mochi_n_hard, draw)
+
     def _loss(self, q: Tensor, k: Tensor) -> Tensor:
-        extra = None
-        if self.mochi and self._step >= self.mochi_start_step:
-            draw = draw_mochi(
-                q.shape[0], min(self.mochi_n_hard, self.queue.shape[0]), self.mochi_num_mix,
-                self.mochi_num_query_mix, self._gen, q.device,
-            )
-            extra = mochi_negatives(q, self.queue, self.mochi_n_hard, draw)
-        return moco_loss(q, k, self.queue.clone(), self.temperature, extra)
+        return moco_loss(q, k, self.queue.clone(), self.temperature, self.synthetic_negatives(q))
 
     def forward(self, views: list[Tensor]) -> tuple[Tensor, dict[str, float]]:
         self.check_views(views)

@@ -132,13 +132,30 @@ def test_moco_queue_receives_the_keys_in_order() -> None:
     assert torch.equal(method.queue[16:], old[16:])
 
 
-def test_mochi_adds_harder_negatives() -> None:
+def test_mochi_mixes_each_querys_hardest_queue_entries_from_its_start_step() -> None:
+    """Plant 8 queue entries close to each of 8 queries: every synthetic negative MoCHi adds for a query
+    lies in the span of that query's planted entries (and the query, for the query mixes), i.e. the method
+    mixes its hardest negatives; before ``mochi_start_step`` it adds none. (Queries are random unit vectors:
+    an untrained projector maps every image to nearly the same direction.)"""
     torch.manual_seed(2)
-    moco, mochi = make("moco_v2"), make("mochi")
-    mochi.load_state_dict(moco.state_dict())
-    views, _ = step_inputs(moco)
-    moco.eval(), mochi.eval()  # same BN behaviour, no queue updates
-    assert float(mochi(views)[0]) > float(moco(views)[0])
+    backbone, dim = build_backbone("convnet_small", in_channels=1, width=8)
+    method = build_method("mochi", backbone, dim, **SMALL_HEAD, queue_size=256, mochi_n_hard=8, mochi_num_mix=12,
+                          mochi_num_query_mix=4, mochi_start_step=3)
+    q = torch.nn.functional.normalize(torch.randn(8, 16), dim=1)
+    planted = torch.nn.functional.normalize(q[:, None, :] + 0.05 * torch.randn(8, 8, 16), dim=-1)
+    method.queue[:64] = planted.reshape(64, -1)
+    assert method.synthetic_negatives(q) is None  # step 0 < mochi_start_step
+    method._step = 3
+    extra = method.synthetic_negatives(q)
+    assert extra.shape == (8, 16, q.shape[1])
+
+    def residual(x: torch.Tensor, basis: torch.Tensor) -> float:
+        coef = torch.linalg.lstsq(basis.T.double(), x[:, None].double()).solution
+        return float((basis.T.double() @ coef - x[:, None].double()).norm())
+
+    for b in range(8):
+        assert all(residual(extra[b, s], planted[b]) < 1e-4 for s in range(12)), b
+        assert all(residual(extra[b, s], torch.cat([planted[b], q[b : b + 1]])) < 1e-4 for s in range(12, 16)), b
 
 
 def test_isogclr_updates_only_the_seen_samples() -> None:
