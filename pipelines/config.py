@@ -9,6 +9,7 @@ overrides from the command line go through the same checks.
 from __future__ import annotations
 
 import dataclasses
+import math
 import reprlib
 import types
 import typing
@@ -63,12 +64,31 @@ class DataConfig:
     #: cap on the number of images taken from the source (0 = all): a reproducible random
     #: subset of an image folder, or the first N clean digits of the demo pool
     limit: int = 0
+    #: per-channel input normalisation ``(x - mean) / std`` of pixels in [0, 1], for training views and
+    #: the evaluation view alike; null = 0.5 for every channel. ImageNet's is
+    #: mean [0.485, 0.456, 0.406], std [0.229, 0.224, 0.225] (LightlySSL's and torchvision's models')
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
 
     def validate(self, path: str) -> None:
         _check(self.image_size >= 8, f"{path}.image_size", "an integer >= 8")
         _check(self.shard_size >= 1, f"{path}.shard_size", "an integer >= 1")
         _check(0 < self.demo_holdout < 5000, f"{path}.demo_holdout", "an integer in 1..4999")
         _check(self.limit >= 0, f"{path}.limit", "an integer >= 0 (0 = no limit)")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is None:
+                continue
+            _check(len(values) == self.channels, f"{path}.{name}",
+                   f"a list of {self.channels} numbers, one per channel (data.channels={self.channels}), or null")
+            _check(all(math.isfinite(v) for v in values), f"{path}.{name}", "finite numbers")
+        _check(self.std is None or all(v > 0 for v in self.std), f"{path}.std", "numbers > 0 (it divides the pixels)")
+
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) per channel, the 0.5 defaults filled in."""
+        mean = tuple(self.mean) if self.mean is not None else (0.5,) * self.channels
+        std = tuple(self.std) if self.std is not None else (0.5,) * self.channels
+        return mean, std
 
 
 @dataclass
