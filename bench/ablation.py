@@ -286,6 +286,76 @@ def sslpipe_init_knn(quality, args, bank, queries, records, opts, results: Path)
     return acc
 
 
+@torch.no_grad()
+def calibrate_batchnorm(backbone: torch.nn.Module, batches: list[torch.Tensor]) -> None:
+    """Set every BatchNorm's running statistics to the exact mean and variance over ``batches``.
+
+    An untrained network's running statistics are mean 0, variance 1, so in eval mode (the mode every kNN
+    embeds in) its BatchNorms pass activations through unnormalised: not the function training starts
+    from, where each BatchNorm normalises with the batch's own statistics. How far the two differ depends
+    on the conv weights' scale. Calibrating the statistics on data gives the eval-mode network the
+    function of the train-mode one.
+    """
+    norms = [m for m in backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches: the exact statistics, not an EMA
+    backbone.train()
+    for x in batches:
+        backbone(x)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    backbone.eval()
+
+
+def init_knn_both_ways(quality, name: str, seed: int, opts, bank, queries) -> dict[str, Any]:
+    """kNN of the untrained backbone with its BatchNorms as built (running mean 0, variance 1) and calibrated
+    on the first ``opts.calibration_images`` bank images in the evaluation view."""
+    import numpy as np
+
+    variant = VARIANTS[name]
+    args = quality_args(variant, seed, opts)
+    torch.set_num_threads(os.cpu_count() or 1)
+    calib = bank[0][: opts.calibration_images]
+    if variant.system == "lightly":
+        torch.manual_seed(seed)  # run_lightly seeds, then builds its backbone before any other draw
+        backbone = quality.lightly_backbone()
+        mean = torch.tensor(quality.IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(quality.IMAGENET_STD).view(1, 3, 1, 1)
+
+        def view(images: np.ndarray) -> torch.Tensor:
+            return (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+
+        @torch.no_grad()
+        def embed(images: np.ndarray) -> np.ndarray:
+            backbone.eval()
+            return np.concatenate([backbone(view(images[s : s + 512])).flatten(start_dim=1).numpy()
+                                   for s in range(0, len(images), 512)])
+        key = {"system": "lightly", "seed": seed}
+    else:
+        from pipelines.evaluate import embed as sslpipe_embed
+        from pipelines.models import build_method_from_config, view_recipe
+        from ssl_models.augment import normalize_batch
+
+        cfg = quality.sslpipe_config(Path(tempfile.gettempdir()) / "unused-run-dir", args)
+        backbone = build_method_from_config(cfg).backbone
+        recipe = view_recipe(cfg)
+
+        def view(images: np.ndarray) -> torch.Tensor:
+            return normalize_batch(torch.from_numpy(images).permute(0, 3, 1, 2), recipe)
+
+        def embed(images: np.ndarray) -> np.ndarray:
+            return sslpipe_embed(backbone, images, cfg)
+        key = {"system": "sslpipe", "seed": seed, "init_key": init_key(cfg), "conv_init": cfg.backbone.conv_init}
+    as_built = quality.knn_top1(embed, bank, queries)[0]
+    calibrate_batchnorm(backbone, [view(calib[s : s + opts.batch]) for s in range(0, len(calib), opts.batch)])
+    calibrated = quality.knn_top1(embed, bank, queries)[0]
+    return {"kind": "init_calibrated", **key, "train_images": opts.train_images, "test_images": opts.test_images,
+            "calibration_images": len(calib), "knn_top1_at_init": as_built, "knn_top1_at_init_bn_calibrated": calibrated,
+            "started": datetime.datetime.now().isoformat(timespec="seconds"), **host_info()}
+
+
 def run_one(quality, name: str, seed: int, opts, root: Path, train_items, bank, queries, work: Path,
             records: list[dict[str, Any]], results: Path) -> dict[str, Any]:
     variant = VARIANTS[name]
@@ -384,6 +454,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                         help="shards (reused between runs) and run folders (removed after each run)")
     parser.add_argument("--table", action="store_true", help="print the table of what the results file holds, run nothing")
     parser.add_argument("--plan", action="store_true", help="list the runs still to do, run nothing")
+    parser.add_argument("--calibrated-init", action="store_true",
+                        help="train nothing: score each variant's untrained backbone with its BatchNorms as built and "
+                             "with their statistics calibrated on --calibration-images bank images")
+    parser.add_argument("--calibration-images", type=int, default=2560)
     opts = parser.parse_args(argv)
 
     size = "all" if not opts.train_images else str(opts.train_images)
@@ -408,10 +482,25 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     todo = [(n, s) for n, s in pairs if has_record(records, run_key(n, s, opts)) is None]
     print(f"[ablation] {results}: {len(pairs) - len(todo)} of {len(pairs)} runs recorded; to do: "
           + (", ".join(f"{n}/seed {s}" for n, s in todo) or "nothing"), flush=True)
-    if opts.plan or not todo:
+    if opts.plan or (not todo and not opts.calibrated_init):
         rows = summarise(records, opts)
         print_table(rows)
         return rows
+
+    if opts.calibrated_init:
+        quality = load_quality()
+        root = quality.cifar_root(opts.cifar10)
+        bank = quality.decode(quality.pick_images(root / "train", opts.train_images))
+        queries = quality.decode(quality.pick_images(root / "test", opts.test_images))
+        for name, seed in pairs:
+            key = {"variant": name, "seed": seed, "train_images": opts.train_images, "test_images": opts.test_images}
+            if has_record(records, key, kind="init_calibrated") is not None:
+                continue
+            rec = {**init_knn_both_ways(quality, name, seed, opts, bank, queries), "variant": name}
+            print(f"[ablation] untrained {name} seed {seed}: kNN {rec['knn_top1_at_init']:.4f} as built, "
+                  f"{rec['knn_top1_at_init_bn_calibrated']:.4f} with calibrated BatchNorm", flush=True)
+            append_record(results, rec)
+        return []
 
     quality = load_quality()
     root = quality.cifar_root(opts.cifar10)

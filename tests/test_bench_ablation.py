@@ -99,3 +99,23 @@ def test_records_resume_and_the_table_is_over_seeds(ablation, tmp_path: Path) ->
     (row,) = ablation.summarise(records, opts)
     assert (row["gain_mean"], row["gain_spread"], row["knn_mean"], row["knn_spread"]) == (4.5, 1.0, 41.0, 2.0)
     assert row["seeds"] == [0, 1]
+
+
+def test_calibrated_batchnorm_holds_the_exact_statistics_of_the_calibration_data(ablation) -> None:
+    """As built, eval mode passes activations through a BatchNorm unnormalised (running mean 0, variance 1);
+    calibrated, it normalises with the statistics of the data, as train mode does, and keeps its momentum."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3, bias=False)
+    net = torch.nn.Sequential(conv, torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+    batches = [torch.randn(16, 3, 8, 8) * 3 + 1 for _ in range(3)]
+    with torch.no_grad():
+        acts = torch.cat([conv(x) for x in batches])
+    ablation.calibrate_batchnorm(net, batches)
+    bn = net[1]
+    assert not net.training and bn.momentum == 0.1
+    torch.testing.assert_close(bn.running_mean, acts.mean(dim=(0, 2, 3)), atol=1e-5, rtol=1e-5)
+    per_batch_var = torch.stack([conv(x).detach().var(dim=(0, 2, 3)) for x in batches]).mean(0)  # unbiased, averaged
+    torch.testing.assert_close(bn.running_var, per_batch_var, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():
+        normalised = bn(acts)
+    assert abs(float(normalised.mean())) < 1e-3 and abs(float(normalised.var()) - 1) < 0.05
