@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import math
 import reprlib
 import types
 import typing
@@ -80,6 +81,11 @@ class DataConfig:
     #: among them (seeded by seed, epoch, rank, window) and trains on them; memory per worker is
     #: about this x batch x views x image_size^2 x channels bytes
     shuffle_window_batches: int = 4
+    #: per-channel input normalisation ``(x - mean) / std`` of pixels in [0, 1], for training views and
+    #: the evaluation view alike; null = 0.5 for every channel. ImageNet's is
+    #: mean [0.485, 0.456, 0.406], std [0.229, 0.224, 0.225] (LightlySSL's and torchvision's models')
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
 
     def validate(self, path: str) -> None:
         _check(self.image_size >= 8, f"{path}.image_size", "an integer >= 8")
@@ -88,6 +94,20 @@ class DataConfig:
         _check(self.limit >= 0, f"{path}.limit", "an integer >= 0 (0 = no limit)")
         _check(self.cache_budget_gb >= 0, f"{path}.cache_budget_gb", "a number of GiB >= 0")
         _check(self.shuffle_window_batches >= 1, f"{path}.shuffle_window_batches", "an integer >= 1")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if values is None:
+                continue
+            _check(len(values) == self.channels, f"{path}.{name}",
+                   f"a list of {self.channels} numbers, one per channel (data.channels={self.channels}), or null")
+            _check(all(math.isfinite(v) for v in values), f"{path}.{name}", "finite numbers")
+        _check(self.std is None or all(v > 0 for v in self.std), f"{path}.std", "numbers > 0 (it divides the pixels)")
+
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) per channel, the 0.5 defaults filled in."""
+        mean = tuple(self.mean) if self.mean is not None else (0.5,) * self.channels
+        std = tuple(self.std) if self.std is not None else (0.5,) * self.channels
+        return mean, std
 
 
 @dataclass

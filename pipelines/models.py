@@ -77,7 +77,7 @@ def forward_takes_index(method: SSLMethod) -> bool:
 
 def view_recipe(cfg: RunConfig) -> ViewRecipe:
     a = cfg.augment
-    c = cfg.data.channels
+    mean, std = cfg.data.normalization()
     return ViewRecipe(
         size=cfg.data.image_size,
         crop_scale=(a.crop_scale_min, a.crop_scale_max),
@@ -86,6 +86,6 @@ def view_recipe(cfg: RunConfig) -> ViewRecipe:
         jitter_strength=a.jitter_strength,
         grayscale_prob=a.grayscale_prob,
         blur_prob=a.blur_prob,
-        mean=(0.5,) * c,
-        std=(0.5,) * c,
+        mean=mean,
+        std=std,
     )

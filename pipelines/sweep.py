@@ -46,7 +46,7 @@ import yaml
 
 from curation.errors import InputError
 from pipelines.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
-from pipelines.config import ConfigError, RunConfig, apply_overrides, config_from_dict, config_to_dict, load_config, read_yaml_file, set_dotted
+from pipelines.config import ConfigError, RunConfig, apply_overrides, config_from_dict, config_to_dict, read_yaml_file, set_dotted
 
 DOMAIN_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 SCHEDULERS = ("asha", "pbt", "fifo")
@@ -280,8 +280,8 @@ def _choose_metric(raw: Any, base: RunConfig) -> str:
     rankme without. Asking for kNN without labels fails here, at load, not after every trial trained."""
     labelled = base.has_labelled_eval()
     metric = raw if raw is not None else ("knn_top1" if labelled else "rankme")
-    allowed = (f"rank by knn_top1 (needs eval.bank_source and eval.query_source), rankme (max) or "
-               f"uniformity (min)")
+    allowed = ("rank by knn_top1 (needs eval.bank_source and eval.query_source), rankme (max) or "
+               "uniformity (min)")
     if metric in REFUSED_METRICS:
         raise _fail("metric", f"got {metric!r}: {REFUSED_METRICS[metric]}", allowed)
     if metric not in RANKABLE_METRICS:

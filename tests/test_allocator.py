@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from curation.errors import InputError
-from pipelines.allocator import Allocator, find_library, resolve_allocator
+from pipelines.allocator import Allocator, resolve_allocator
 
 REPO = Path(__file__).resolve().parent.parent
 

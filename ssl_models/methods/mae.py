@@ -13,7 +13,6 @@ it is ignored and a ViT is built from ``vit``/``img_size``/``patch_size``/
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from ssl_models.losses.mae import mae_loss
