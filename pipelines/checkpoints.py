@@ -120,7 +120,7 @@ def architecture_record(cfg: RunConfig, backbone: torch.nn.Module) -> dict[str, 
         "feature_dim": _feature_dim(cfg, backbone),
         "input": {
             "size": recipe.size, "channels": cfg.data.channels, "layout": "NCHW float32",
-            "scale": "uint8 / 255", "resize": "whole image to size x size, bilinear, antialias, align_corners=False",
+            "scale": "uint8 / 255", "resize": "largest centred square, then size x size, bilinear, antialias, align_corners=False",
             "mean": list(recipe.mean), "std": list(recipe.std),
         },
         "source": {"method": cfg.method.name, "backbone_name": cfg.backbone.name, "seed": cfg.seed},

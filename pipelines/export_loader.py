@@ -139,7 +139,8 @@ def build_backbone(spec: dict[str, Any]) -> nn.Module:
 
 
 def make_preprocess(spec: dict[str, Any]) -> Callable[..., Tensor]:
-    """The evaluation view sslpipe feeds the backbone: uint8 -> [0, 1], resize the whole image to
+    """The evaluation view sslpipe feeds the backbone: uint8 -> [0, 1], the largest centred square kept
+    (sslpipe decodes evaluation images short side to ``size``, centre square: no squashing), resized to
     ``size`` x ``size`` (bilinear, antialiased), then ``(x - mean) / std`` per channel."""
     size, channels = int(spec["size"]), int(spec["channels"])
     mean = torch.tensor(spec["mean"], dtype=torch.float32).view(1, -1, 1, 1)
@@ -154,6 +155,11 @@ def make_preprocess(spec: dict[str, Any]) -> Callable[..., Tensor]:
         if x.shape[1] != channels:
             raise ValueError(f"this backbone takes {channels}-channel images, got shape {tuple(x.shape)}")
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        height, width = x.shape[-2:]
+        if height != width:  # centre square, as sslpipe's evaluation decode
+            side = min(height, width)
+            top, left = (height - side) // 2, (width - side) // 2
+            x = x[..., top : top + side, left : left + side]
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         return (x - mean.to(x.device)) / std.to(x.device)
