@@ -16,7 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import ray
 import ray.train
@@ -533,6 +533,19 @@ def _report_mid_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, loop_c
             f"epoch_{epoch:06d}_step_{step:09d}")
 
 
+def _with_storage_env(env: dict[str, str]) -> Callable[[dict[str, Any]], None]:
+    """``train_loop`` run under the driver's object-store settings (``storage.apply_env``): a Train worker
+    on any node then writes run-dir files and reads shards as the driver would, whatever its own
+    environment holds. Carried in the pickled function, not in ``train_loop_config``, which Ray Train
+    records in its run state (visible in the dashboard)."""
+
+    def train_loop_with_storage_env(loop_config: dict[str, Any]) -> None:
+        storage.apply_env(env)
+        train_loop(loop_config)
+
+    return train_loop_with_storage_env
+
+
 def iid_worker_split(dataset: "ray.data.Dataset", seed: int) -> "ray.data.Dataset":
     """Shuffle rows globally once so each DDP worker's pool is an iid sample of the whole set.
 
@@ -614,7 +627,7 @@ def pretrain(
         dataset = iid_worker_split(dataset, cfg.seed)
     monitor_datasets = monitor.datasets() if monitor is not None else {}
     trainer = TorchTrainer(
-        train_loop,
+        _with_storage_env(storage.storage_env()),
         train_loop_config={
             "config": config_to_dict(cfg),
             "feed": feed,

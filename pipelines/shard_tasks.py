@@ -98,7 +98,9 @@ class TaskRunner:
         self.start()
         remote = self._remote.get(fn)
         if remote is None:
-            remote = self._remote[fn] = ray.remote(num_cpus=1)(fn)
+            # SPREAD: listing and writing are I/O-bound, and short next to a worker's start-up, so the default
+            # policy would queue them all on the driver's node while the other nodes' disks and links idle
+            remote = self._remote[fn] = ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(fn)
         refs: list[Any] = []
         pending: list[Any] = []
         finished = 0

@@ -242,8 +242,20 @@ import ray
 from ray.cluster_utils import Cluster
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+import socket
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
 work, run_dir, source, eval_source = sys.argv[1:5]
-cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "object_store_memory": 200 * 1024**2})
+# ports of our own: Ray's fixed defaults (dashboard agent, metrics) may still be held by the Ray that the
+# killed-driver test left behind, and a node that cannot bind them dies
+cluster = Cluster(initialize_head=True, head_node_args={
+    "num_cpus": 3, "object_store_memory": 200 * 1024**2, "include_dashboard": False,
+    "dashboard_agent_listen_port": free_port(), "metrics_export_port": free_port(),
+    "runtime_env_agent_port": free_port()})
 # the second node: its own mount namespace with an empty /tmp (the head's session, the test's files and the
 # driver's scratch are all under /tmp), and none of the driver's storage settings or keys
 node_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k != "SSLPIPE_SCRATCH"}
@@ -251,7 +263,9 @@ ray_cli = str(Path(sys.executable).parent / "ray")
 second = subprocess.Popen(
     ["unshare", "--mount", "--propagation", "private", "sh", "-c",
      f"mount -t tmpfs tmpfs /tmp && exec {ray_cli} start --address={cluster.address} --num-cpus=3 "
-     "--object-store-memory=209715200 --block"],
+     f"--object-store-memory=209715200 --dashboard-agent-listen-port={free_port()} "
+     f"--dashboard-agent-grpc-port={free_port()} --metrics-export-port={free_port()} "
+     f"--runtime-env-agent-port={free_port()} --block"],
     env=node_env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 try:
     ray.init(address=cluster.address, logging_level="WARNING")

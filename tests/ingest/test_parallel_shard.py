@@ -121,8 +121,21 @@ from ray.cluster_utils import Cluster
 from pipelines.cli import main
 
 # two Ray nodes on one host, one CPU each: a second write task has to run on the other node
-cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "object_store_memory": 100 * 1024**2})
-cluster.add_node(num_cpus=1, object_store_memory=100 * 1024**2)
+import socket
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+# ports of our own: Ray's fixed defaults (dashboard agent, metrics) may still be held by a Ray that an earlier
+# test's killed driver left behind, and a node that cannot bind them dies
+cluster = Cluster(initialize_head=True, head_node_args={
+    "num_cpus": 1, "object_store_memory": 100 * 1024**2, "include_dashboard": False,
+    "dashboard_agent_listen_port": free_port(), "metrics_export_port": free_port(),
+    "runtime_env_agent_port": free_port()})
+cluster.add_node(num_cpus=1, object_store_memory=100 * 1024**2, metrics_export_port=free_port(),
+                 runtime_env_agent_port=free_port())
 cluster.wait_for_nodes()
 rc = main(["shard", sys.argv[1], sys.argv[2], "--shard-size", "20", "--address", cluster.address])
 import ray
