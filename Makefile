@@ -16,11 +16,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/sslpipe demo
 
-# tests marked `isolated` (a second Ray node in its own mount namespace) run first, in a fresh pytest process:
-# after the rest of the suite, Ray processes left by the killed-driver tests can keep that node from starting
 test: $(STAMP)
-	$(PY) -m pytest -v -m isolated tests
-	$(PY) -m pytest -v --durations=15 -m "not isolated" tests
+	$(PY) -m pytest -v --durations=15 tests
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests

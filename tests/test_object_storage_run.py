@@ -295,7 +295,6 @@ finally:
 """
 
 
-@pytest.mark.isolated
 @pytest.mark.slow
 def test_two_nodes_that_share_only_loopback_and_the_bucket(moto_s3: MotoS3, mnist_digits, tmp_path: Path) -> None:  # noqa: F811
     """Two Ray nodes on one host, the second in its own mount namespace (private /tmp, no AWS variables):
