@@ -257,7 +257,8 @@ cluster = Cluster(initialize_head=True, head_node_args={
     "dashboard_agent_listen_port": free_port(), "metrics_export_port": free_port(),
     "runtime_env_agent_port": free_port()})
 # the second node: its own mount namespace with an empty /tmp (the head's session, the test's files and the
-# driver's scratch are all under /tmp), and none of the driver's storage settings or keys
+# driver's scratch are all under /tmp), and none of the driver's storage settings or keys. So the checkout and
+# its Python must not live under /tmp themselves: the node could not start `ray` there.
 node_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k != "SSLPIPE_SCRATCH"}
 ray_cli = str(Path(sys.executable).parent / "ray")
 second = subprocess.Popen(
@@ -302,6 +303,9 @@ def test_two_nodes_that_share_only_loopback_and_the_bucket(moto_s3: MotoS3, mnis
     run_dir in the bucket trains one DDP worker on each node and keeps everything in the bucket."""
     if subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode != 0:
         pytest.skip("unshare --mount is not permitted here (needs CAP_SYS_ADMIN)")
+    hidden = [str(p) for p in (REPO, Path(sys.executable)) if Path(p).resolve().is_relative_to("/tmp")]
+    if hidden:
+        pytest.skip(f"{hidden[0]} is under /tmp, which the second node's namespace replaces with an empty tmpfs")
     source, eval_source = _shards_in_bucket(tmp_path, mnist_digits, pool=256, held_out=100)
     run_dir = f"s3://{BUCKET}/runs/two-nodes"
     work = tmp_path / "cwd"
