@@ -17,13 +17,13 @@ head.  The paper's fix has two parts:
 Each resampling step runs a *fresh* k-means (k-means++ seeding, then Lloyd) on
 the resample and replaces the centroid set with its result, as the authors'
 reference code (facebookresearch/ssl-data-curation) does.  Restarting Lloyd
-from the current centroids instead leaves them where they are: on the test
-suite's long-tail data it kept as many centroids on the dense blob as no
-resampling at all.
+from the current centroids instead leaves them where they are, so resampling
+would not move centroids off dense regions
+(tests/curation/test_hierarchical.py checks that it does).
 Every point's assignment at level t is the level-t cluster of its level-(t-1)
 cluster, so the hierarchy is a tree by construction.
 
-Cost (what makes N = 1M feasible on 2 cores): at level 1 the first fit trains
+Cost (why it scales with N): at level 1 the first fit trains
 ``niter`` Lloyd iterations on at most ``max_points_per_centroid * k`` points
 (256k for k=1000), so it stops growing with N beyond that; each resampling
 step seeds (k-means++, sequential in k: O(r k^2 d)) and trains on at most

@@ -98,7 +98,7 @@ def resolve_allocator(requested: AllocatorName, dirs: list[str] | None = None) -
 
     searched = ", ".join(dirs if dirs is not None else library_dirs())
     raise InputError(
-        f"train.allocator: {requested} is not installed on this machine (looked in {searched}); "
+        f"train.allocator: {requested} was not found (looked in {searched}); "
         f"install it with `{INSTALL_HINT[requested]}`, or set train.allocator=auto to use it where present"
     )
 

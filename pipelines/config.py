@@ -36,7 +36,7 @@ class RayConfig:
     #: logical CPUs for a local Ray; None = 2x the physical cores, so Ray Data's
     #: readers are not starved by the train workers on small machines
     num_cpus: Optional[int] = None
-    #: the dashboard listens on this host only (127.0.0.1 unless asked otherwise)
+    #: address the dashboard listens on: loopback only unless set otherwise
     dashboard_host: str = "127.0.0.1"
     #: Linux scheduling policy of a local Ray's processes: ``batch`` (Ray's short wake-ups do
     #: not preempt training threads; see pipelines/ray_runtime.py) or ``normal``

@@ -20,7 +20,7 @@ running, so Ray's many short wake-ups wait for the end of the current time slice
 instead of cutting into the training threads' convolutions. Ray's processes
 inherit the policy from the thread that starts them (``init_local_ray`` sets it
 for that call only and gives the caller's thread its own policy back). Beside a
-training step on 2 cores this makes the step preempted less often and trims
+training step on a small node this makes the step preempted less often and trims
 Ray's CPU share; the throughput it wins back is inside the noise of
 ``bench/ray_tax.py`` (figures: docs/BENCHMARKS.md). It also keeps a
 local job from preempting the user's interactive programs. ``ray.local_scheduling:

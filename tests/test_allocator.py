@@ -31,7 +31,7 @@ def test_auto_prefers_tcmalloc_then_jemalloc_then_the_system_malloc(tmp_path: Pa
 
 
 def test_a_named_allocator_that_is_missing_is_an_error_with_the_install_command(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match=r"train\.allocator: jemalloc is not installed.*apt-get install libjemalloc2"):
+    with pytest.raises(InputError, match=r"train\.allocator: jemalloc was not found.*apt-get install libjemalloc2"):
         resolve_allocator("jemalloc", [str(tmp_path)])
 
 

@@ -8,7 +8,7 @@ sees) but distorts distances, so both are drawn side by side.
 
 Figures are drawn with matplotlib's object API on an Agg canvas (no
 pyplot), so nothing global is touched and it works headless inside Ray
-workers and tests. t-SNE is O(n log n) per iteration and slow on 2 cores,
+workers and tests. t-SNE is O(n log n) per iteration and slow on few cores,
 hence the subsample (≤ 2000 points by default).
 """
 
