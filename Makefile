@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench clean malloc
+.PHONY: demo test test-fast lint clean malloc
 
 $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory malloc

@@ -30,7 +30,7 @@ UNSAFE_EXTENSIONS = ("pyd", "pickle", "pkl", "pth", "pt", "npy")
 
 @dataclass
 class Sample:
-    """One image sample as stored in a shard (DESIGN.md, Data model)."""
+    """One image sample as stored in a shard (the shard formats: README, "Running your own data")."""
 
     key: str
     image: bytes | None

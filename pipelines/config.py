@@ -127,7 +127,7 @@ class PoolConfig:
 
 @dataclass
 class CurateConfig:
-    """Curation stages and their thresholds (DESIGN.md, Curation)."""
+    """Curation stages and their thresholds (README, "What is in the box": the curation chain)."""
 
     min_side: int = 8
     max_aspect: float = 4.0
@@ -536,7 +536,7 @@ class TrainConfig:
 
 @dataclass
 class DynamicConfig:
-    """Dynamic dataset pruning during pretraining (DESIGN.md, Curation step 7)."""
+    """Dynamic dataset pruning during pretraining (README, "What is in the box": dynamic pruning)."""
 
     policy: Literal["none", "cluster_balance", "loss_based"] = "none"
     #: epochs on the full pool before the first round

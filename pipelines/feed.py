@@ -32,7 +32,7 @@ The local shuffle is ours, not ``iter_batches(local_shuffle_buffer_size=...)``: 
 ``data.shuffle_window_batches`` batches of crops, permutes them with a generator seeded by
 ``(seed, epoch, rank, window)`` and trains on them. A window is a pure function of the plan, so a
 resumed epoch skips whole windows without reading them; Ray's sliding buffer has no such state to
-restore, and it costs throughput (DESIGN.md).
+restore.
 
 What an epoch drops: the planned steps use ``N // global_batch`` batches, so the last
 ``N mod global_batch`` positions of the epoch's order (fewer than one global batch) are not read

@@ -177,7 +177,7 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
         temperature = resolved_method_hparams(cfg).get("temperature")  # None: the method has none (BYOL, MAE, ...)
         desc = (
             f"{cfg.method.name} on {cfg.backbone.name}, {cfg.train.num_workers} Ray Train worker(s) "
-            f"(DDP, gloo), global batch {cfg.train.batch_size}, {cfg.train.optimizer} lr {cfg.train.lr}, "
+            f"(DDP, {'nccl' if cfg.train.use_gpu else 'gloo'}), global batch {cfg.train.batch_size}, {cfg.train.optimizer} lr {cfg.train.lr}, "
             + (f"temperature {temperature}, " if temperature is not None else "") + f"{cfg.train.precision}."
         )
         return {"checkpoint": str(res.checkpoint_path), "history": hist, "seconds": res.seconds, "description": desc}

@@ -259,7 +259,8 @@ cluster = Cluster(initialize_head=True, head_node_args={
 # the second node: its own mount namespace with an empty /tmp (the head's session, the test's files and the
 # driver's scratch are all under /tmp), and none of the driver's storage settings or keys. So the checkout and
 # its Python must not live under /tmp themselves: the node could not start `ray` there.
-node_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k != "SSLPIPE_SCRATCH"}
+node_env = {k: v for k, v in os.environ.items()
+            if not k.startswith("AWS_") and k not in ("SSLPIPE_SCRATCH", "RAY_DATA_LOGGING_CONFIG")}
 ray_cli = str(Path(sys.executable).parent / "ray")
 second = subprocess.Popen(
     ["unshare", "--mount", "--propagation", "private", "sh", "-c",
@@ -314,7 +315,10 @@ def test_two_nodes_that_share_only_loopback_and_the_bucket(moto_s3: MotoS3, mnis
         [sys.executable, "-c", TWO_NODE_SCRIPT, str(tmp_path), run_dir, source, eval_source,
          str(REPO / "configs" / "demo.yaml"), json.dumps(["train.epochs=2", *SMALL_TRAINING])],
         cwd=work, capture_output=True, text=True, timeout=1200,
-        env={**os.environ, "PYTHONPATH": str(REPO), "RAY_TRAIN_V2_ENABLED": "1"})
+        # not the quiet console's Ray Data logging file that an earlier in-process CLI test set for this
+        # process: it lies under the host's /tmp, which the second node cannot see
+        env={**{k: v for k, v in os.environ.items() if k != "RAY_DATA_LOGGING_CONFIG"},
+             "PYTHONPATH": str(REPO), "RAY_TRAIN_V2_ENABLED": "1"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     facts = json.loads(proc.stdout.strip().splitlines()[-1])
     assert facts == {"nodes": 2, "second_sees_work": False, "second_has_key": False}  # really apart
