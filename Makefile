@@ -19,6 +19,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -v --durations=15 tests
 
+# ruff (pycodestyle, pyflakes, bugbear) and mypy over the product packages; settings in pyproject.toml
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
 
