@@ -35,7 +35,7 @@ import pytest
 from PIL import Image
 
 from curation.ingest import iter_samples, read_shards
-from curation.inspect import inspect_batch
+from curation.image_checks import inspect_batch
 from curation.manifest import check_conservation
 from curation.validate import ValidationRules
 from pipelines.cli import main as cli_main
