@@ -29,6 +29,7 @@ size.  Prints one JSON object, then a table.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -88,7 +89,8 @@ def _single(n: int, dim: int, ks: list[int], k_sem: int, steps: int, r: int, see
         return out
 
     x, _ = timed("data", lambda: _make_data(n, dim, seed))
-    xn = timed("normalize", lambda: l2_normalize(x))
+    # partial, not a lambda: nothing keeps a reference to the raw copy once it is normalised and deleted
+    xn = timed("normalize", functools.partial(l2_normalize, x))
     del x
     cents, labels = timed(
         "semdedup_kmeans",

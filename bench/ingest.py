@@ -113,7 +113,8 @@ def _init_ray() -> None:
 
     # our own local Ray (address="local"), never a cluster someone else started on this machine;
     # 2 physical cores: a few more logical CPUs so read and decode tasks overlap with the driver
-    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="ERROR", object_store_memory=OBJECT_STORE_MIB * 1024**2)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="ERROR",
+             object_store_memory=OBJECT_STORE_MIB * 1024**2)
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
@@ -169,7 +170,7 @@ def measure_views(paths: list[str], n: int, batch_size: int) -> dict:
     # steady state for both: the clock starts at the first batch (worker / pipeline start-up excluded),
     # the rate counts the images after it
     seen, t0 = 0, None
-    for v1, v2 in loader:
+    for v1, _v2 in loader:  # both views are made; the count needs one
         if t0 is None:
             t0 = time.perf_counter()
             continue
@@ -184,7 +185,7 @@ def measure_views(paths: list[str], n: int, batch_size: int) -> dict:
     ours, t0 = 0, None
     for batch in read_decoded(shards, 32, 3).iter_batches(batch_size=batch_size, batch_format="numpy"):
         images = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2)
-        v1, v2 = augment_batch(images, recipe, gen), augment_batch(images, recipe, gen)
+        v1, _v2 = augment_batch(images, recipe, gen), augment_batch(images, recipe, gen)  # two views, as the loader makes
         if t0 is None:
             t0 = time.perf_counter()
             continue

@@ -100,7 +100,8 @@ def main() -> None:
         "cpu_flags": _cpu_flags(), "load_avg_1m": os.getloadavg()[0], "results": rows,
     }
     print(json.dumps(report))
-    print(f"\n{'dtype':<6} {'channels_last':<14} {'compiled':<9} {'median s/step':>14} {'img/s':>8} {'speedup':>8} {'compile s':>10}")
+    print(f"\n{'dtype':<6} {'channels_last':<14} {'compiled':<9} {'median s/step':>14} {'img/s':>8} {'speedup':>8} "
+          f"{'compile s':>10}")
     for r in rows:
         print(f"{r['dtype']:<6} {str(r['channels_last']):<14} {str(r['compiled']):<9} {r['median_s']:>14.3f} "
               f"{r['images_per_s']:>8.1f} {r['speedup_vs_fp32_contiguous']:>8.2f} {r['compile_s']:>10.1f}")

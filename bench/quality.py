@@ -374,7 +374,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                         help="both systems' precision: bf16 = autocast (fast on CPUs with AVX512-BF16 or AMX, and GPUs)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
-                        help="sslpipe's train.compile (configs/cifar10.yaml: off on CPU); its compile time counts as training time")
+                        help="sslpipe's train.compile (configs/cifar10.yaml: off on CPU); "
+                        "its compile time counts as training time")
     parser.add_argument("--systems", default=",".join(SYSTEMS),
                         help="which to run, comma-separated, of " + ", ".join(SYSTEMS) + "; LightlySSL's kNN is "
                              "reproducible to the digit for a given seed and size, so a sslpipe-only run can be read "

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import os
 import shutil
@@ -352,7 +351,8 @@ def main() -> int:
             for r, v in check["reasons"].items():
                 reasons[r] = reasons.get(r, 0) + v
             if error or not check["conserved"] or check["corrupt_not_removed_as_corrupt"] or check["written_mismatch"]:
-                failures.append(f"round {rnd}: {error or ''} {json.dumps({k: check[k] for k in ('lost', 'extra', 'corrupt_not_removed_as_corrupt', 'corrupt_examples', 'written_mismatch')})}")
+                shown = ("lost", "extra", "corrupt_not_removed_as_corrupt", "corrupt_examples", "written_mismatch")
+                failures.append(f"round {rnd}: {error or ''} {json.dumps({k: check[k] for k in shown})}")
             memory.sample()
             row = {
                 "round": rnd, "elapsed_s": round(d - t0, 1), "processed": totals["processed"], "kept": totals["kept"],

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import os
 import sys
 import tempfile
@@ -335,7 +334,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         i = report["init"]
         print(f"\nconv |dW|/|W| after one step, median: kaiming {i['kaiming_fan_out']['median_rel_step']:.2e}, "
               f"torch_default {i['torch_default']['median_rel_step']:.2e}; ratio default/kaiming "
-              f"{i['rel_step_ratio_default_over_kaiming']}; |W|^2 ratio kaiming/default {i['sq_norm_ratio_kaiming_over_default']}")
+              f"{i['rel_step_ratio_default_over_kaiming']}; "
+              f"|W|^2 ratio kaiming/default {i['sq_norm_ratio_kaiming_over_default']}")
     return report
 
 

@@ -127,6 +127,6 @@ def decode_to_array(data: bytes, size: int, channels: int, max_pixels: int = DEF
     draft = (math.ceil(size * width / short), math.ceil(size * height / short))
     im = decode_image(data, channels, intensity=intensity, max_pixels=max_pixels, draft_size=draft)
     if im.size != (size, size):
-        im = im.resize((size, size), Image.BILINEAR, box=centre_square_box(*im.size))
+        im = im.resize((size, size), Image.Resampling.BILINEAR, box=centre_square_box(*im.size))
     arr = np.asarray(im, dtype=np.uint8)
     return arr[:, :, None] if channels == 1 else arr

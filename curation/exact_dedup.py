@@ -24,8 +24,8 @@ def exact_duplicates(keys: Sequence[str], digests: Sequence[str], eligible: np.n
     dup_of = np.full(n, -1, dtype=np.int64)
     mask = np.ones(n, dtype=bool) if eligible is None else np.asarray(eligible, dtype=bool)
     first: dict[str, int] = {}
-    for i in sorted(np.flatnonzero(mask), key=lambda j: keys[j]):
-        kept = first.setdefault(digests[i], int(i))
+    for i in sorted(np.flatnonzero(mask).tolist(), key=lambda j: keys[j]):
+        kept = first.setdefault(digests[i], i)
         if kept != i:
             dup_of[i] = kept
     return dup_of

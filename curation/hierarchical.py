@@ -105,6 +105,13 @@ def _kmeans_with_resampling(
     return centroids, labels
 
 
+def _per_level(value: int | Sequence[int], levels: int) -> list[int]:
+    """One entry per level: a sequence as given, a single number repeated."""
+    if isinstance(value, (Sequence, np.ndarray)):
+        return list(value)
+    return [int(value)] * levels
+
+
 def hierarchical_kmeans(
     x: np.ndarray,
     ks: Sequence[int],
@@ -136,8 +143,8 @@ def hierarchical_kmeans(
     if not ks or any(b > a for a, b in zip(ks, ks[1:])):
         raise ValueError(f"ks must be non-empty and non-increasing, got {ks}")
     L = len(ks)
-    steps = [int(resampling_steps)] * L if np.isscalar(resampling_steps) else list(resampling_steps)
-    rs = [int(r)] * L if np.isscalar(r) else list(r)
+    steps = _per_level(resampling_steps, L)
+    rs = _per_level(r, L)
     if len(steps) != L or len(rs) != L:
         raise ValueError("resampling_steps and r must be scalars or have len(ks) entries")
     y = l2_normalize(x) if spherical else np.ascontiguousarray(x, dtype=np.float32)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import ContextManager, Literal
+from typing import ContextManager, Literal, overload
 
 import faiss
 import numpy as np
@@ -140,6 +140,22 @@ def assign(
         labels[s : s + len(xb)] = lab[:, 0]
         scores[s : s + len(xb)] = dist[:, 0]
     return labels, scores
+
+
+@overload
+def fit_kmeans(
+    x: np.ndarray, k: int, *, spherical: bool = ..., niter: int = ..., seed: int = ...,
+    max_points_per_centroid: int | None = ..., init: Literal["kmeans++", "random"] = ...,
+    return_scores: Literal[False] = ...,
+) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@overload
+def fit_kmeans(
+    x: np.ndarray, k: int, *, spherical: bool = ..., niter: int = ..., seed: int = ...,
+    max_points_per_centroid: int | None = ..., init: Literal["kmeans++", "random"] = ...,
+    return_scores: Literal[True],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 
 def fit_kmeans(

@@ -151,9 +151,8 @@ def phash_shifts(gray: np.ndarray, max_shift: int = 2) -> np.ndarray:
         hash to *index*), the other columns are the displaced crops (the hashes
         to *query* with).  See module docstring for why this is shift-robust.
     """
-    gray = _as_gray_list(gray)
-    if not isinstance(gray, np.ndarray):
-        gray = np.stack(gray)
+    checked = _as_gray_list(gray)
+    gray = checked if isinstance(checked, np.ndarray) else np.stack(checked)
     m = int(max_shift)
     n, h, w = gray.shape
     if h <= 2 * m or w <= 2 * m:

@@ -81,7 +81,7 @@ def plant_pool(
         else:  # resized by a few pixels
             h, w = images[i].shape[:2]
             side = int(rng.choice([-4, -3, -2, 2, 3, 4]))
-            small = np.asarray(Image.fromarray(images[i]).resize((w + side, h + side), Image.BILINEAR))
+            small = np.asarray(Image.fromarray(images[i]).resize((w + side, h + side), Image.Resampling.BILINEAR))
             payload, kind, ext = encode_png(small), "near_dup_resize", "png"
         rows.append((payload, ext, int(labels[i]), {"planted": kind, "index": i}))
     shape = images.shape[1:]

@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal, Sequence
+from typing import Iterator, Literal, Sequence
 
 import faiss
 import numpy as np
@@ -213,7 +213,7 @@ def _kept_only_cluster(x: np.ndarray, threshold: float, block: int) -> np.ndarra
         xb = x[s:e]
         local = dup_of[s:e]  # view: written in place
         cross_best = None
-        if kept_rows.size:
+        if kept_x is not None and kept_rows.size:  # kept_x exists once a block kept rows
             sim = xb @ kept_x[: kept_rows.size].T
             arg = sim.argmax(axis=1)  # first max = earliest kept row
             cross_best = sim[np.arange(e - s), arg]
@@ -280,6 +280,7 @@ def semdedup_from_clusters(
         idx = order[span[0] : span[1]]
         return idx, semdedup_cluster(x[idx], threshold, block=block, mode=mode)
 
+    results: Iterator[tuple[np.ndarray, np.ndarray]]
     with blas_threads(1):
         if nthreads == 1:
             results = map(one, spans)

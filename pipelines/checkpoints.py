@@ -105,7 +105,7 @@ def architecture_record(cfg: RunConfig, backbone: torch.nn.Module) -> dict[str, 
         spec = {
             "family": "vit", "img_size": backbone.img_size, "patch_size": backbone.patch_size,
             "in_channels": backbone.in_chans, "embed_dim": backbone.embed_dim, "depth": len(backbone.blocks),
-            "num_heads": backbone.blocks[0].num_heads, "mlp_hidden": backbone.blocks[0].mlp[0].out_features,
+            "num_heads": backbone.num_heads, "mlp_hidden": backbone.mlp_hidden,
             "pool": backbone.pool,
         }
     elif isinstance(backbone, SmallConvNet):
@@ -120,7 +120,8 @@ def architecture_record(cfg: RunConfig, backbone: torch.nn.Module) -> dict[str, 
         "feature_dim": _feature_dim(cfg, backbone),
         "input": {
             "size": recipe.size, "channels": cfg.data.channels, "layout": "NCHW float32",
-            "scale": "uint8 / 255", "resize": "largest centred square, then size x size, bilinear, antialias, align_corners=False",
+            "scale": "uint8 / 255",
+            "resize": "largest centred square, then size x size, bilinear, antialias, align_corners=False",
             "mean": list(recipe.mean), "std": list(recipe.std),
         },
         "source": {"method": cfg.method.name, "backbone_name": cfg.backbone.name, "seed": cfg.seed},
@@ -139,7 +140,8 @@ def _feature_dim(cfg: RunConfig, backbone: torch.nn.Module) -> int:
     return int(out.shape[1])
 
 
-EXPORT_FILES = ("backbone.safetensors", "load_backbone.py", "architecture.json")  # architecture.json last: it marks a whole export
+# architecture.json last: it marks a whole export
+EXPORT_FILES = ("backbone.safetensors", "load_backbone.py", "architecture.json")
 
 
 def export_backbone(checkpoint: str | Path, out: str | Path) -> Path | str:

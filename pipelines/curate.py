@@ -23,7 +23,7 @@ import ray
 
 from curation.exact_dedup import exact_duplicates
 from curation.ingest import iter_samples, map_shards
-from curation.inspect import inspect_batch
+from curation.image_checks import inspect_batch
 from curation.manifest import MANIFEST_SCHEMA, check_conservation, reason_counts, write_table_atomic
 from curation.shards import Sample, list_shards, write_tar_stream
 from curation.validate import ValidationRules

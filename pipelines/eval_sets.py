@@ -90,7 +90,9 @@ def index_labelled_set(paths: list[str], what: str, source: str) -> tuple[np.nda
     from curation.ingest import map_shards
 
     ds = map_shards(paths, _keys_and_labels, rows_per_batch=1024)
-    keys, labels, sources = [], [], []
+    keys: list[str] = []
+    sources: list[str] = []
+    labels: list[np.ndarray] = []
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         keys.extend(str(k) for k in batch["key"])
         sources.extend(str(s) for s in batch["source"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import ray.data
@@ -55,8 +56,8 @@ def load_labelled(paths: list[str], cfg: RunConfig) -> LabelledArrays:
     return collect(read_decoded(paths, cfg.data.image_size, cfg.data.channels, cfg.data.intensity))
 
 
-def label_free_evaluation(cfg: RunConfig, backbone: torch.nn.Module, cur_rec: dict[str, object]
-                          ) -> dict[str, object] | None:
+def label_free_evaluation(cfg: RunConfig, backbone: torch.nn.Module, cur_rec: dict[str, Any]
+                          ) -> dict[str, Any] | None:
     """The evaluate stage's label-free figures: on the same pool sample the monitor used every epoch
     (``train.monitor_pool_samples`` curated images; 0 turns both off)."""
     from pipelines.monitor import pool_index, pool_sample_keys, selected_dataset
@@ -66,11 +67,11 @@ def label_free_evaluation(cfg: RunConfig, backbone: torch.nn.Module, cur_rec: di
     paths, keys, _ = pool_index(cur_rec)
     if len(keys) < 2:
         return None
-    images = collect(selected_dataset(paths, pool_sample_keys(cfg, keys), cfg), labelled_only=False).images
+    images = collect(selected_dataset(paths, pool_sample_keys(cfg, keys).tolist(), cfg), labelled_only=False).images
     return label_free_report(cfg, backbone, images)
 
 
-def label_free_report(cfg: RunConfig, backbone: torch.nn.Module, images: np.ndarray) -> dict[str, object]:
+def label_free_report(cfg: RunConfig, backbone: torch.nn.Module, images: np.ndarray) -> dict[str, Any]:
     """Label-free metrics of the pretrained encoder next to the same architecture at random
     initialisation, on ``images`` (uint8 NHWC: the pool sample the online monitor used)."""
     from pipelines.monitor import label_free_on_images
@@ -103,9 +104,10 @@ def raw_pixels(images: np.ndarray) -> np.ndarray:
 
 def knn_report(
     cfg: RunConfig, backbone: torch.nn.Module, bank: LabelledArrays, test: LabelledArrays
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """kNN top-1 of raw pixels, the random-init encoder and ``backbone``, under the config's protocol."""
-    protocol = KnnProtocol(cfg.eval.knn_k, cfg.eval.knn_temperature, f"weighted kNN k={cfg.eval.knn_k} T={cfg.eval.knn_temperature}")
+    ev = cfg.eval
+    protocol = KnnProtocol(ev.knn_k, ev.knn_temperature, f"weighted kNN k={ev.knn_k} T={ev.knn_temperature}")
     random_backbone = build_method_from_config(cfg).backbone
 
     def score(train_x: np.ndarray, test_x: np.ndarray) -> float:
@@ -128,8 +130,8 @@ def knn_report(
 
 
 def full_evaluation(
-    cfg: RunConfig, backbone: torch.nn.Module, bank: LabelledArrays, test: LabelledArrays, out_dir: Path | None = None
-) -> dict[str, object]:
+    cfg: RunConfig, backbone: torch.nn.Module, bank: LabelledArrays, test: LabelledArrays, out_dir: str | Path | None = None
+) -> dict[str, Any]:
     """Everything ``eval`` reports: kNN vs baselines, both named kNN protocols, linear probe,
     few-shot, per-class and head/medium/tail accuracy, robustness, and a 2-D embedding plot."""
     from pipelines.evaluation.embedding_plot import plot_embedding

@@ -42,6 +42,13 @@ def resolved_method_hparams(cfg: RunConfig, num_samples: int | None = None) -> d
     return out
 
 
+def _needs_vit(method_name: str) -> bool:
+    """Whether the registered method masks image patches; the registry holds callables, and a method
+    class says so in its ``needs_vit`` attribute."""
+    constructor = METHODS[method_name]
+    return isinstance(constructor, type) and issubclass(constructor, SSLMethod) and constructor.needs_vit
+
+
 def build_method_from_config(cfg: RunConfig, num_samples: int | None = None) -> SSLMethod:
     """The method at its initialisation for ``cfg.seed`` (the random-init baseline uses this too).
 
@@ -52,8 +59,8 @@ def build_method_from_config(cfg: RunConfig, num_samples: int | None = None) -> 
     """
     torch.manual_seed(cfg.seed)
     b = cfg.backbone
-    name = b.name
-    if METHODS[cfg.method.name].needs_vit and not name.startswith("vit"):
+    name: str = b.name
+    if _needs_vit(cfg.method.name) and not name.startswith("vit"):
         # Said out loud rather than silently: the user asked for a CNN and trains a ViT.
         log.warning("method.name=%s masks image patches, which needs a ViT: backbone.name=%s is replaced by %s "
                     "(patch_size %d); set backbone.name=vit_tiny or vit_small to choose it yourself",

@@ -79,12 +79,12 @@ def scheduling_policy(policy: str) -> Iterator[bool]:
     left as it was. Yields whether the policy was applied: off Linux, or where the kernel
     refuses, the block runs unchanged.
     """
-    target = {"batch": getattr(os, "SCHED_BATCH", None), "normal": getattr(os, "SCHED_OTHER", None)}[policy]
+    target: int | None = {"batch": getattr(os, "SCHED_BATCH", None), "normal": getattr(os, "SCHED_OTHER", None)}[policy]
     try:
         previous = os.sched_getscheduler(0) if target is not None else None
     except OSError:
         previous = None
-    if previous is None or previous == target:
+    if target is None or previous is None or previous == target:
         yield previous == target
         return
     try:

@@ -175,10 +175,11 @@ def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = Fals
         hist = res.history
         storage.write_text(run.join("metrics.jsonl"), "".join(json.dumps(h) + "\n" for h in hist))
         temperature = resolved_method_hparams(cfg).get("temperature")  # None: the method has none (BYOL, MAE, ...)
+        t = cfg.train
         desc = (
-            f"{cfg.method.name} on {cfg.backbone.name}, {cfg.train.num_workers} Ray Train worker(s) "
-            f"(DDP, {'nccl' if cfg.train.use_gpu else 'gloo'}), global batch {cfg.train.batch_size}, {cfg.train.optimizer} lr {cfg.train.lr}, "
-            + (f"temperature {temperature}, " if temperature is not None else "") + f"{cfg.train.precision}."
+            f"{cfg.method.name} on {cfg.backbone.name}, {t.num_workers} Ray Train worker(s) "
+            f"(DDP, {'nccl' if t.use_gpu else 'gloo'}), global batch {t.batch_size}, {t.optimizer} lr {t.lr}, "
+            + (f"temperature {temperature}, " if temperature is not None else "") + f"{t.precision}."
         )
         return {"checkpoint": str(res.checkpoint_path), "history": hist, "seconds": res.seconds, "description": desc}
 

@@ -153,7 +153,7 @@ def cap_longer_side(data: bytes, max_side: int) -> tuple[bytes, str, tuple[int, 
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
     elif im.mode == "1":
         im = im.convert("L")
-    resized = im.resize(size, Image.LANCZOS)
+    resized = im.resize(size, Image.Resampling.LANCZOS)
     out = io.BytesIO()
     if source_format == "JPEG" and resized.mode in ("L", "RGB", "CMYK"):
         resized.save(out, "JPEG", quality=REENCODE_QUALITY, **info)

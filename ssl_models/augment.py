@@ -117,8 +117,7 @@ def _sample_crop_boxes(n: int, recipe: ViewRecipe, aspect: float | torch.Tensor,
     area = lo + (hi - lo) * torch.rand(n, tries, generator=gen)
     log_lo, log_hi = math.log(recipe.crop_ratio[0]), math.log(recipe.crop_ratio[1])
     ratio = torch.exp(log_lo + (log_hi - log_lo) * torch.rand(n, tries, generator=gen))
-    per_sample = torch.is_tensor(aspect)
-    a = (aspect.to(torch.float32) if per_sample else torch.full((n,), float(aspect)))
+    a = aspect.to(torch.float32) if isinstance(aspect, torch.Tensor) else torch.full((n,), float(aspect))
     # fractions of source width and height; ratio is width/height in pixels
     w = torch.sqrt(area * ratio / a[:, None])
     h = torch.sqrt(area / ratio * a[:, None])
@@ -274,7 +273,7 @@ def _shift_hue(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
     return _hsv_to_rgb(torch.remainder(hue + turns[:, None, None], 1.0), sat, val)
 
 
-def _colour_jitter(x: torch.Tensor, params: ViewParams, gather_rows: bool | None = None) -> torch.Tensor:
+def _colour_jitter(x: torch.Tensor, params: ColourParams | ViewParams, gather_rows: bool | None = None) -> torch.Tensor:
     """Brightness, contrast, saturation and hue with per-sample factors, in each sample's own order.
 
     Four rounds; in round k every sample gets the op its ``jitter_order[:, k]`` names.

@@ -52,7 +52,7 @@ class SmallConvNet(nn.Module):
         return self.features(x)
 
 
-def _torchvision_resnet(factory: Callable[..., nn.Module], in_channels: int, cifar_stem: bool,
+def _torchvision_resnet(factory: Callable[..., torchvision.models.ResNet], in_channels: int, cifar_stem: bool,
                         zero_init_residual: bool = False, conv_init: str = "kaiming_fan_out",
                         stem_relu: bool = True) -> tuple[nn.Module, int]:
     net = factory(weights=None, zero_init_residual=zero_init_residual)

@@ -62,7 +62,8 @@ class LARS(torch.optim.Optimizer):
 
 def lars_param_groups(model: nn.Module) -> list[dict]:
     """Two groups: weights (adapted, decayed) and biases/norm parameters (plain SGD, no decay)."""
-    adapted, excluded = [], []
+    adapted: list[nn.Parameter] = []
+    excluded: list[nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (excluded if p.ndim <= 1 else adapted).append(p)

@@ -98,6 +98,8 @@ class VisionTransformer(nn.Module):
         self.num_patches = self.grid * self.grid
         self.embed_dim = self.out_dim = embed_dim
         self.pool = pool
+        self.num_heads = num_heads
+        self.mlp_hidden = int(embed_dim * mlp_ratio)  # each block's MLP width, as Block computes it
         self.patch_embed = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         ys, xs = grid_coords(self.grid)

@@ -40,7 +40,8 @@ def test_each_variant_switches_what_it_names_and_nothing_else(ablation, tmp_path
     assert base.train.num_workers == 2 and base.data.normalization() == ((0.5,) * 3, (0.5,) * 3)
     assert cfgs["torch_init"].backbone.conv_init == "torch_default"
     assert cfgs["tv_views"].augment.renderer == "torchvision"
-    assert cfgs["one_worker"].train.num_workers == 1 and cfgs["one_worker"].train.cpus_per_worker == base.train.cpus_per_worker * 2
+    one_worker = cfgs["one_worker"].train
+    assert one_worker.num_workers == 1 and one_worker.cpus_per_worker == base.train.cpus_per_worker * 2
     assert cfgs["imagenet_norm"].data.normalization() == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     every = cfgs["all_lightly"]
     assert (every.backbone.conv_init, every.augment.renderer, every.train.num_workers) == ("torch_default", "torchvision", 1)

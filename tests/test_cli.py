@@ -49,8 +49,8 @@ def test_empty_folder(tmp_path: Path) -> None:
 def test_not_a_tar_where_shards_are_expected(tmp_path: Path) -> None:
     fake = tmp_path / "data.tar"
     fake.write_text("not a tar at all")
-    proc = sslpipe("run", str(REPO / "configs" / "demo.yaml"), f"data.source={fake}", f"eval.bank_source={fake}", f"eval.query_source={fake}",
-                   f"run_dir={tmp_path / 'run'}", cwd=tmp_path)
+    proc = sslpipe("run", str(REPO / "configs" / "demo.yaml"), f"data.source={fake}", f"eval.bank_source={fake}",
+                   f"eval.query_source={fake}", f"run_dir={tmp_path / 'run'}", cwd=tmp_path)
     assert_user_error(proc, "is not a tar shard", str(fake), "sslpipe shard")
 
 

@@ -85,7 +85,8 @@ def test_a_failing_then_resumed_run_shows_its_cause_and_progress_not_ray_interna
     assert "[curate] kept " in screen
     # the worker's error reaches the terminal, first line its cause; the full traceback is in the log
     cause = next(line for line in screen.splitlines() if line.startswith("sslpipe: error: "))
-    assert re.match(rf"sslpipe: error: \w+Error: \[Errno \d+\] (File exists|Not a directory): '{re.escape(str(run_dir / 'tb'))}", cause), screen
+    tb_dir = re.escape(str(run_dir / "tb"))
+    assert re.match(rf"sslpipe: error: \w+Error: \[Errno \d+\] (File exists|Not a directory): '{tb_dir}", cause), screen
     assert "[Rank 0 Error Snippet]" in screen and f"the full traceback is in {log}" in screen
     text = log.read_text()
     assert "Traceback (most recent call last)" in text and "WorkerGroupError" in text

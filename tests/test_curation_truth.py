@@ -19,7 +19,8 @@ from pipelines.curate import curate
 
 def _cifar(root: Path, per_class: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     classes = sorted(os.listdir(root / "train"))
-    files = [(root / "train" / c / f, i) for i, c in enumerate(classes) for f in sorted(os.listdir(root / "train" / c))[:per_class]]
+    files = [(root / "train" / c / f, i)
+             for i, c in enumerate(classes) for f in sorted(os.listdir(root / "train" / c))[:per_class]]
     return np.stack([np.asarray(Image.open(f).convert("RGB")) for f, _ in files]), np.array([i for _, i in files]), classes
 
 

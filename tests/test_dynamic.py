@@ -110,8 +110,8 @@ def test_every_method_trains_with_dynamic_pruning(digits_256, tmp_path: Path, me
     overrides = [
         f"run_dir={tmp_path}", "train.num_workers=0", "train.epochs=2", "train.batch_size=32", "train.warmup_epochs=0",
         "backbone.width=8", "train.knn_monitor_every=0",
-        f"method.name={method.removesuffix('-vit')}", f"dynamic.policy={policy}", "dynamic.warmup_epochs=1", "dynamic.every_epochs=1",
-        "dynamic.keep_fraction=0.5",
+        f"method.name={method.removesuffix('-vit')}", f"dynamic.policy={policy}", "dynamic.warmup_epochs=1",
+        "dynamic.every_epochs=1", "dynamic.keep_fraction=0.5",
     ]
     if method not in ("mae", "siameseim"):  # small heads; the masked-image methods have a decoder, no projector
         overrides += ["method.proj_hidden_dim=32", "method.proj_dim=16"]

@@ -35,7 +35,7 @@ import pytest
 from PIL import Image
 
 from curation.ingest import iter_samples, read_shards
-from curation.inspect import inspect_batch
+from curation.image_checks import inspect_batch
 from curation.manifest import check_conservation
 from curation.validate import ValidationRules
 from pipelines.cli import main as cli_main
@@ -692,7 +692,8 @@ def _credential_verbs(uri: str, tmp: Path) -> dict[str, list[str]]:
     return {
         "shard_src": ["shard", uri, str(tmp / "out")],
         "shard_dest": ["shard", str(tmp / "nothing-here"), uri],
-        "run_source": ["run", demo, f"data.source={uri}", f"eval.bank_source={tmp}", f"eval.query_source={tmp}", f"run_dir={tmp / 'run'}"],
+        "run_source": ["run", demo, f"data.source={uri}", f"eval.bank_source={tmp}", f"eval.query_source={tmp}",
+                       f"run_dir={tmp / 'run'}"],
     }
 
 
@@ -725,13 +726,14 @@ def test_credentials_in_the_environment_never_reach_output_records_or_ray_logs(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     monkeypatch.setenv("AWS_SESSION_TOKEN", SECRET + "token")
     run = tmp_path / "run"
-    rc = cli_main(["curate", str(REPO / "configs" / "demo.yaml"), f"data.source={src}", f"eval.bank_source={held}", f"eval.query_source={held}",
-                   f"run_dir={run}", "data.shard_size=25"])
+    rc = cli_main(["curate", str(REPO / "configs" / "demo.yaml"), f"data.source={src}", f"eval.bank_source={held}",
+                   f"eval.query_source={held}", f"run_dir={run}", "data.shard_size=25"])
     assert rc == 0
     assert cli_main(["report", str(run)]) == 0
     assert cli_main(["shard", str(src), str(tmp_path / "sharded")]) == 0
     assert cli_main(["run", str(REPO / "configs" / "demo.yaml"), f"data.source={tmp_path / 'missing'}",
-                     f"eval.bank_source={held}", f"eval.query_source={held}", f"run_dir={tmp_path / 'run2'}"]) == 2  # an error path too
+                     f"eval.bank_source={held}", f"eval.query_source={held}",
+                     f"run_dir={tmp_path / 'run2'}"]) == 2  # an error path too
     out, err = capfd.readouterr()
     assert "[curate] kept" in out and "does not exist" in err
     texts = {"stdout": out, "stderr": err}

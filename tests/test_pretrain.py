@@ -37,7 +37,8 @@ def heldout_dataset(ray_session, mnist_digits):
 
 
 def test_in_process_training_checkpoints_and_resumes(digits_dataset, heldout_dataset, tmp_path: Path) -> None:
-    first = pretrain(small_config(tmp_path, epochs=2), digits_dataset, tmp_path, monitor=MonitorSets(bank=digits_dataset, queries=heldout_dataset))
+    monitor = MonitorSets(bank=digits_dataset, queries=heldout_dataset)
+    first = pretrain(small_config(tmp_path, epochs=2), digits_dataset, tmp_path, monitor=monitor)
     assert [h["epoch"] for h in first.history] == [1, 2]
     # the online kNN monitor ran on the held-out digits: a real accuracy, far above chance (0.1)
     assert all(0.3 < h["knn_top1"] <= 1.0 for h in first.history)
@@ -45,7 +46,7 @@ def test_in_process_training_checkpoints_and_resumes(digits_dataset, heldout_dat
     assert first.history[-1]["step"] == 2 * (256 // 64)
 
     # same run directory, more epochs: continues from epoch 2 instead of starting over
-    second = pretrain(small_config(tmp_path, epochs=3), digits_dataset, tmp_path, monitor=MonitorSets(bank=digits_dataset, queries=heldout_dataset))
+    second = pretrain(small_config(tmp_path, epochs=3), digits_dataset, tmp_path, monitor=monitor)
     assert [h["epoch"] for h in second.history] == [1, 2, 3]
     assert second.history[:2] == first.history
     assert second.history[-1]["step"] == 3 * (256 // 64)
@@ -109,7 +110,8 @@ def test_compiled_backbone_trains_like_eager_and_checkpoints_stay_eager_compatib
     counters.clear()
     cfg = small_config(tmp_path / "compiled", epochs=1)
     cfg.train.compile = True
-    compiled = pretrain(cfg, digits_dataset, tmp_path / "compiled", monitor=MonitorSets(bank=digits_dataset, queries=heldout_dataset))
+    compiled = pretrain(cfg, digits_dataset, tmp_path / "compiled",
+                        monitor=MonitorSets(bank=digits_dataset, queries=heldout_dataset))
     # the training forward was compiled once; the kNN monitor's eval-mode passes ran eagerly, not recompiled
     assert counters["stats"]["unique_graphs"] == 1
     assert compiled.history[-1]["step"] == eager.history[-1]["step"] == 256 // 64
@@ -154,9 +156,9 @@ def test_long_epochs_print_progress_within_the_epoch(digits_dataset, tmp_path: P
     cfg.train.knn_monitor_every = 0
     cfg.train.progress_every_s = 1e-9  # every step, so the test needs no long epoch
     pretrain(cfg, digits_dataset, tmp_path)
-    lines = [l for l in capfd.readouterr().out.splitlines() if "epoch ETA" in l]
+    lines = [line for line in capfd.readouterr().out.splitlines() if "epoch ETA" in line]
     # 4 steps: a line after each of the first 3; the 4th ends the epoch and gets the epoch summary instead
-    assert [l.split("step ")[1].split()[0] for l in lines] == ["1/4", "2/4", "3/4"]
+    assert [line.split("step ")[1].split()[0] for line in lines] == ["1/4", "2/4", "3/4"]
 
 
 def test_ray_train_workers_run_under_the_configured_malloc(digits_dataset, tmp_path: Path) -> None:

@@ -148,8 +148,9 @@ def test_mlflow_file_store_gets_the_params_and_every_epoch_once_across_a_resume(
     from mlflow.tracking import MlflowClient
 
     tracking = ["train.tracking=mlflow", "train.tracking_experiment=watch"]
-    first = pretrain(small_config(tmp_path, 2, 0, *tracking), digits, tmp_path, monitor=MonitorSets(bank=digits, queries=heldout))
-    second = pretrain(small_config(tmp_path, 3, 0, *tracking), digits, tmp_path, monitor=MonitorSets(bank=digits, queries=heldout))
+    monitor = MonitorSets(bank=digits, queries=heldout)
+    first = pretrain(small_config(tmp_path, 2, 0, *tracking), digits, tmp_path, monitor=monitor)
+    second = pretrain(small_config(tmp_path, 3, 0, *tracking), digits, tmp_path, monitor=monitor)
     assert second.history[:2] == first.history
 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # for this reader too (MLflow 3 refuses file stores)

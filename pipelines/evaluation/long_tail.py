@@ -116,19 +116,23 @@ def head_medium_tail_accuracy(
     groups = frequency_groups(counts, thresholds)
     test_per_class = np.bincount(true, minlength=num_classes)
 
-    out: dict = {}
+    group_acc: dict[str, float] = {}
     n_classes: dict[str, int] = {}
     n_test: dict[str, int] = {}
     for g in GROUPS:
         ids = groups[g]
         present = ids[test_per_class[ids] > 0]
-        out[g] = float(np.mean(acc[present])) if present.size else float("nan")
+        group_acc[g] = float(np.mean(acc[present])) if present.size else float("nan")
         n_classes[g] = int(present.size)
         n_test[g] = int(test_per_class[ids].sum())
-    out["overall"] = float(np.mean(pred == true)) if true.size else float("nan")
-    out["mean_per_class"] = float(np.nanmean(acc)) if np.any(~np.isnan(acc)) else float("nan")
-    out["per_class"] = [float(a) for a in acc]
-    out["classes"] = {g: [int(c) for c in groups[g]] for g in GROUPS}
-    out["n_classes"] = n_classes
-    out["n_test"] = n_test
-    return HeadMediumTail(**out)
+    return HeadMediumTail(
+        head=group_acc["head"],
+        medium=group_acc["medium"],
+        tail=group_acc["tail"],
+        overall=float(np.mean(pred == true)) if true.size else float("nan"),
+        mean_per_class=float(np.nanmean(acc)) if np.any(~np.isnan(acc)) else float("nan"),
+        per_class=[float(a) for a in acc],
+        classes={g: [int(c) for c in groups[g]] for g in GROUPS},
+        n_classes=n_classes,
+        n_test=n_test,
+    )

@@ -32,7 +32,7 @@ __all__ = [
 
 Kind = Literal["gaussian_noise", "gaussian_blur", "jpeg"]
 Preset = Literal["auto", "cifar10-c", "imagenet-c"]
-KINDS: tuple[str, ...] = ("gaussian_noise", "gaussian_blur", "jpeg")
+KINDS: tuple[Kind, ...] = ("gaussian_noise", "gaussian_blur", "jpeg")
 
 #: preset -> kind -> parameter at severities 1..5.
 #: gaussian_noise: std on the [0, 1] intensity scale; gaussian_blur: sigma in
@@ -54,7 +54,7 @@ SEVERITY_PARAMS: dict[str, dict[str, tuple[float, ...]]] = {
 _AUTO_SMALL_SIDE = 64
 
 
-def _resolve_preset(preset: Preset, height: int, width: int) -> str:
+def _resolve_preset(preset: Preset, height: int, width: int) -> Preset:
     if preset == "auto":
         return "cifar10-c" if min(height, width) <= _AUTO_SMALL_SIDE else "imagenet-c"
     if preset not in SEVERITY_PARAMS:
@@ -141,9 +141,10 @@ class KindDrop(TypedDict):
 def _as_severity_map(value: Mapping[int, float] | Sequence[float] | float) -> dict[int, float]:
     if isinstance(value, Mapping):
         return {int(s): float(a) for s, a in value.items()}
-    if np.ndim(value) == 0:
-        return {0: float(value)}  # a single, already-aggregated accuracy
-    return {s + 1: float(a) for s, a in enumerate(value)}  # list is severities 1..n
+    accuracies = np.asarray(value, dtype=np.float64)
+    if accuracies.ndim == 0:
+        return {0: float(accuracies)}  # a single, already-aggregated accuracy
+    return {s + 1: float(a) for s, a in enumerate(accuracies)}  # list is severities 1..n
 
 
 def robustness_drop(

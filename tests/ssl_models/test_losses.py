@@ -101,11 +101,11 @@ def test_mae_loss_matches_lightly_patchify_and_mse() -> None:
     # reference: normalise each target patch by hand, MSE over masked patches only
     rows_pred, rows_tgt = [], []
     for b in range(3):
-        for l in range(4):
-            if mask[b, l]:
-                t = target[b, l]
+        for patch in range(4):
+            if mask[b, patch]:
+                t = target[b, patch]
                 rows_tgt.append((t - t.mean()) / math.sqrt(float(t.var()) + 1e-6))
-                rows_pred.append(pred[b, l])
+                rows_pred.append(pred[b, patch])
     ref = torch.nn.MSELoss()(torch.stack(rows_pred), torch.stack(rows_tgt))
     _close(mae_loss(pred, images, mask, p), ref)
     raw = torch.nn.MSELoss()(pred[mask], target[mask])

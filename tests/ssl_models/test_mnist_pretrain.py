@@ -33,9 +33,11 @@ from ssl_models.methods import build_method
 
 RECIPE = ViewRecipe(size=16, crop_scale=(0.3, 1.0), flip_prob=0.0, jitter_strength=0.5, grayscale_prob=0.0)
 #: SiameseIM crops views itself (see its docstring), so its views carry colour only
-COLOUR_ONLY = ViewRecipe(size=16, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_prob=0.0, jitter_strength=0.5, grayscale_prob=0.0)
+COLOUR_ONLY = ViewRecipe(size=16, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_prob=0.0, jitter_strength=0.5,
+                         grayscale_prob=0.0)
 N_TRAIN, N_BANK, N_QUERY = 4000, 3000, 1000
-VIT = dict(img_size=16, patch_size=4, in_chans=1, embed_dim=64, depth=2, num_heads=4, decoder_dim=64, decoder_depth=1, decoder_heads=4)
+VIT = dict(img_size=16, patch_size=4, in_chans=1, embed_dim=64, depth=2, num_heads=4, decoder_dim=64, decoder_depth=1,
+           decoder_heads=4)
 HEAD = dict(proj_hidden_dim=256, proj_dim=64)
 
 #: (method kwargs, optimizer steps, learning rate): a step count, not seconds, so the result does not
@@ -47,7 +49,8 @@ CONFIGS: dict[str, tuple[dict, float, float]] = {
     # teacher/queue methods: an EMA momentum of 0.9 lets the key encoder track the online one so closely
     # that kNN falls below random init in this budget (0.76-0.79); 0.99 gives 0.84-0.90 (measured)
     "moco_v2": (dict(HEAD, temperature=0.2, queue_size=2048, momentum=0.99), 160, 1e-3),
-    "mochi": (dict(HEAD, temperature=0.2, queue_size=2048, momentum=0.99, mochi_n_hard=256, mochi_num_mix=256, mochi_num_query_mix=64), 160, 2e-3),
+    "mochi": (dict(HEAD, temperature=0.2, queue_size=2048, momentum=0.99, mochi_n_hard=256, mochi_num_mix=256,
+                   mochi_num_query_mix=64), 160, 2e-3),
     # BYOL learns slowest here: 160 steps gave +3.0 pts = 2.3 paired SE (lr 4e-3: -0.1; base_momentum 0.9: 2.3 SE),
     # 320 steps +6.6 pts = 5.2 SE (measured with this module's command line, 2026-12-01)
     "byol": (dict(HEAD, pred_hidden_dim=256, base_momentum=0.99), 320, 2e-3),

@@ -30,7 +30,7 @@ def _shift_hashes(grays: list[np.ndarray], max_shift: int) -> np.ndarray:
     Images are first resized to a common side so one batched DCT serves them all; a shift
     of 1-2 px in a large image is sub-pixel after the resize, so it needs no robustness."""
     side = SHIFT_HASH_CROP + 2 * max_shift
-    same = np.stack([np.asarray(Image.fromarray(g).resize((side, side), Image.BILINEAR)) for g in grays])
+    same = np.stack([np.asarray(Image.fromarray(g).resize((side, side), Image.Resampling.BILINEAR)) for g in grays])
     return phash_shifts(same, max_shift)
 
 
@@ -46,11 +46,12 @@ def inspect_batch(batch: dict[str, np.ndarray], rules: ValidationRules, shift_ro
     n_shifts = (2 * shift_robust + 1) ** 2 if shift_robust else 1
     shifted = np.zeros((len(checks), n_shifts), dtype=np.uint64)
     ok = [i for i, c in enumerate(checks) if c.gray is not None]
+    grays = [gray for gray in (c.gray for c in checks) if gray is not None]  # one per index in ``ok``, same order
     if ok and shift_robust:
-        shifted[ok] = _shift_hashes([checks[i].gray for i in ok], shift_robust)
+        shifted[ok] = _shift_hashes(grays, shift_robust)
         hashes[ok] = shifted[ok, 0]
     elif ok:
-        hashes[ok] = phash_batch([checks[i].gray for i in ok])
+        hashes[ok] = phash_batch(grays)
     out: dict[str, Any] = {
         "key": batch["key"],
         "source": batch["source"],
