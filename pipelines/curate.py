@@ -22,13 +22,14 @@ import pyarrow as pa
 import ray
 
 from curation.exact_dedup import exact_duplicates
-from curation.ingest import iter_samples, map_shards
+from curation.ingest import iter_samples
 from curation.inspect import inspect_batch
 from curation.manifest import MANIFEST_SCHEMA, check_conservation, reason_counts, write_table_atomic
 from curation.shards import Sample, list_shards, write_tar_stream
 from curation.validate import ValidationRules
 from pipelines.atomic import write_json_atomic
 from pipelines.config import CurateConfig
+from pipelines.readers import map_shards
 import storage
 
 log = logging.getLogger("sslpipe.curate")
@@ -127,7 +128,7 @@ def _embeddings(paths: list[str], keys: list[str], out_dir: str, cfg: CurateConf
     wanted = frozenset(keys)
     ds = map_shards(paths, _keep_keys, {"keys": wanted}, rows_per_batch=1024)
     # images are embedded as RGB (grayscale replicated), so one embedder serves every data set
-    from curation.embed import collect_embeddings, embed_dataset  # torch: only when embedding
+    from pipelines.embedding import collect_embeddings, embed_dataset  # torch: only when embedding
 
     got_keys, emb = collect_embeddings(embed_dataset(ds, factory, cfg.embed_size, 3, cfg.embed_actors, intensity))
     position = {k: i for i, k in enumerate(got_keys)}  # a key repeated in a shard is embedded twice: keep one

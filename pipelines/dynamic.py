@@ -225,7 +225,7 @@ def _run_round_job(cfg: "RunConfig", pool: "ShardPool", weights: Any, mode: str,
     Rows come back sorted by (shard, key), so the round does not depend on which task finished first."""
     from ray.data import ActorPoolStrategy
 
-    from curation.ingest import map_shards
+    from pipelines.readers import map_shards
     from pipelines.config import config_to_dict
 
     dyn = cfg.dynamic

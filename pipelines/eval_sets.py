@@ -87,7 +87,7 @@ def index_labelled_set(paths: list[str], what: str, source: str) -> tuple[np.nda
     Raises InputError, before any training, when the set holds no labelled image: kNN and the
     probes would have nothing to score.
     """
-    from curation.ingest import map_shards
+    from pipelines.readers import map_shards
 
     ds = map_shards(paths, _keys_and_labels, rows_per_batch=1024)
     keys, labels, sources = [], [], []

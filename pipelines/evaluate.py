@@ -15,7 +15,7 @@ import numpy as np
 import ray.data
 import torch
 
-from curation.ingest import read_decoded
+from pipelines.readers import read_decoded
 from pipelines.config import RunConfig
 from pipelines.device import module_device
 from pipelines.evaluation.knn import DINO, LIGHTLY_CIFAR10, KnnProtocol, knn_accuracy

@@ -136,7 +136,7 @@ def _decode_selected(batch: dict[str, np.ndarray], keys: frozenset[str], size: i
 
 def selected_dataset(paths: list[str], keys: Sequence[str], cfg: RunConfig) -> Any:
     """The decoded rows of ``paths`` whose key is in ``keys`` (one Ray task per shard)."""
-    from curation.ingest import map_shards
+    from pipelines.readers import map_shards
 
     d = cfg.data
     return map_shards(paths, _decode_selected, {"keys": frozenset(str(k) for k in keys), "size": d.image_size,
