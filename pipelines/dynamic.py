@@ -40,7 +40,7 @@ from curation.balanced import balanced_sample
 from curation.hierarchical import hierarchical_kmeans
 from curation.kmeans import assign
 from curation.metrics import normalized_entropy
-from pipelines.device import module_device
+from pipelines.embedding import backbone_features
 from ssl_models.augment import ViewRecipe, augment_batch, normalize_batch
 
 if TYPE_CHECKING:
@@ -54,16 +54,12 @@ class PruningRound:
     info: dict[str, Any]
 
 
-@torch.no_grad()
 def _features(backbone: torch.nn.Module, images: torch.Tensor, recipe: ViewRecipe, views: bool = False,
               gen: torch.Generator | None = None) -> torch.Tensor:
-    out = []
-    device = module_device(backbone)  # the pool stays in host memory; features come back to it
-    for start in range(0, len(images), 512):
-        chunk = images[start : start + 512].to(device)
-        x = augment_batch(chunk, recipe, gen) if views else normalize_batch(chunk, recipe)
-        out.append(torch.nn.functional.normalize(backbone(x).float(), dim=1).cpu())
-    return torch.cat(out)
+    """Unit-norm features of the local pool: the evaluation view, or one augmented view per image from ``gen``."""
+    if views:
+        return backbone_features(backbone, images, lambda x: augment_batch(x, recipe, gen), unit_norm=True)
+    return backbone_features(backbone, images, lambda x: normalize_batch(x, recipe), unit_norm=True)
 
 
 def _levels_for(n: int, levels: list[int]) -> list[int]:

@@ -234,19 +234,15 @@ def features(backbone: torch.nn.Module, images: torch.Tensor, cfg: RunConfig,
              views: torch.Generator | None = None) -> np.ndarray:
     """Backbone features of uint8 NCHW ``images``: the evaluation view (resize + normalise), or,
     with a generator, one augmented view per image drawn with the training recipe."""
-    from pipelines.device import module_device
+    from pipelines.embedding import backbone_features
     from pipelines.models import view_recipe
     from ssl_models.augment import RENDERERS, normalize_batch
 
     recipe = view_recipe(cfg)
     render = RENDERERS[cfg.augment.renderer]
-    device = module_device(backbone)
-    out = []
-    for i in range(0, len(images), 512):
-        x = images[i : i + 512].to(device)
-        x = render(x, recipe, views) if views is not None else normalize_batch(x, recipe)
-        out.append(backbone(x).float().cpu())
-    return torch.cat(out).numpy()
+    if views is not None:
+        return backbone_features(backbone, images, lambda x: render(x, recipe, views)).numpy()
+    return backbone_features(backbone, images, lambda x: normalize_batch(x, recipe)).numpy()
 
 
 @torch.no_grad()
