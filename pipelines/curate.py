@@ -139,21 +139,13 @@ def _embeddings(paths: list[str], keys: list[str], out_dir: str, cfg: CurateConf
     return emb
 
 
-def auto_levels(n: int) -> list[int]:
-    """Clusters per level for ``n`` points when the config gives none: ~25 points per finest
-    cluster, then /10 per level while a level keeps >= 20 clusters (Vo et al. use 4 levels at 10^8)."""
-    levels = [max(2, min(20000, n // 25))]
-    while levels[-1] >= 20 and len(levels) < 4:
-        levels.append(levels[-1] // 10)
-    return levels
-
-
 def semantic_stages(manifest: pa.Table, paths: list[str], out_dir: str, cfg: CurateConfig,
                     factory: Callable[[], Any], seed: int, intensity: str = "full_range"
                     ) -> tuple[pa.Table, dict[str, Any]]:
     """SemDeDup, then hierarchical k-means + balanced sampling, on the samples still kept."""
     from curation.balanced import balanced_sample
     from curation.hierarchical import hierarchical_kmeans
+    from curation.levels import CURATION_LEVELS
     from curation.metrics import normalized_entropy
     from curation.semdedup import semdedup
 
@@ -181,8 +173,7 @@ def semantic_stages(manifest: pa.Table, paths: list[str], out_dir: str, cfg: Cur
         info["semdedup"] = {"clusters": k, "eps": cfg.semdedup_eps, "mode": cfg.semdedup_mode,
                             "removed": int((dup >= 0).sum())}
     if cfg.balance_fraction < 1 and len(survivors) >= 4:
-        levels = cfg.balance_levels or auto_levels(len(survivors))
-        levels = [min(k, len(survivors) // 2) for k in levels]
+        levels = CURATION_LEVELS.levels(len(survivors), cfg.balance_levels)
         hier = hierarchical_kmeans(emb[survivors], levels, resampling_steps=cfg.balance_resampling_steps, seed=seed)
         target = int(round(cfg.balance_fraction * len(survivors)))
         keep = balanced_sample(hier.assignments, target, seed)

@@ -39,6 +39,7 @@ import storage
 from curation.balanced import balanced_sample
 from curation.hierarchical import hierarchical_kmeans
 from curation.kmeans import assign
+from curation.levels import PRUNING_LEVELS
 from curation.metrics import normalized_entropy
 from pipelines.embedding import backbone_features
 from ssl_models.augment import ViewRecipe, augment_batch, normalize_batch
@@ -60,16 +61,6 @@ def _features(backbone: torch.nn.Module, images: torch.Tensor, recipe: ViewRecip
     if views:
         return backbone_features(backbone, images, lambda x: augment_batch(x, recipe, gen), unit_norm=True)
     return backbone_features(backbone, images, lambda x: normalize_batch(x, recipe), unit_norm=True)
-
-
-def _levels_for(n: int, levels: list[int]) -> list[int]:
-    if levels:
-        return [max(1, min(k, n // 2)) for k in levels]
-    finest = max(2, min(1000, n // 20))
-    out = [finest]
-    while out[-1] >= 20 and len(out) < 3:
-        out.append(out[-1] // 10)
-    return out
 
 
 def select_subset(
@@ -99,7 +90,7 @@ def select_subset(
         feats = feats - feats.mean(0, keepdims=True)
         feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
         fit = rng.choice(n, size=min(n, subset_for_clustering), replace=False)
-        ks = _levels_for(len(fit), levels)
+        ks = PRUNING_LEVELS.levels(len(fit), levels)
         hier = hierarchical_kmeans(feats[fit], ks, resampling_steps=resampling_steps, seed=seed)
         finest, _ = assign(feats, hier.centroids[0], spherical=True)
         assignments = [finest]
@@ -273,7 +264,7 @@ def stream_round(cfg: "RunConfig", backbone: torch.nn.Module, pool: "ShardPool",
         mean = feats.mean(0, keepdims=True)
         feats = feats - mean
         feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
-        ks = _levels_for(len(feats), list(dyn.levels))
+        ks = PRUNING_LEVELS.levels(len(feats), dyn.levels)
         hier = hierarchical_kmeans(feats, ks, resampling_steps=dyn.resampling_steps, seed=seed)
         if subset is None:
             rows = fit
