@@ -46,7 +46,7 @@ from ssl_models.augment import ViewRecipe, augment_batch, normalize_batch
 
 if TYPE_CHECKING:
     from pipelines.config import RunConfig
-    from pipelines.feed import ShardPool
+    from pipelines.feed_plan import ShardPool
 
 
 @dataclass
@@ -247,7 +247,7 @@ def stream_round(cfg: "RunConfig", backbone: torch.nn.Module, pool: "ShardPool",
     """
     import ray
 
-    from pipelines.feed import shard_keep_list
+    from pipelines.feed_plan import shard_keep_list
 
     dyn = cfg.dynamic
     t0 = time.time()
@@ -321,7 +321,7 @@ def load_keep_list(pool: "ShardPool", path: str) -> dict[int, list[str]]:
     """A keep-list written by ``stream_round`` (a resumed run keeps training on it); ``path`` may be a uri."""
     import pyarrow.parquet as pq
 
-    from pipelines.feed import shard_keep_list
+    from pipelines.feed_plan import shard_keep_list
 
     fs, local = storage.filesystem_for(path)
     table = pq.read_table(local, columns=["key", "shard"], filesystem=fs)
