@@ -27,9 +27,10 @@ class RandomConvEmbedder(nn.Module):
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
         widths = [in_channels, 64, 128, 256]
-        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, padding=1) for a, b in zip(widths, widths[1:]))
+        convs = [nn.Conv2d(a, b, 3, padding=1) for a, b in zip(widths, widths[1:])]
+        self.convs = nn.ModuleList(convs)
         with torch.no_grad():
-            for conv in self.convs:
+            for conv in convs:
                 fan_in = conv.in_channels * 9
                 conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
                 conv.bias.zero_()

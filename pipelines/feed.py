@@ -138,7 +138,7 @@ class StreamFeed:
             if self.keep is not None:
                 item["keys"] = list(self.keep.get(seg.shard, ()))
             items.append(item)
-        ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+        ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
         ds = ds.map_batches(crop_segments, batch_size=1, fn_kwargs={
             "recipe": self.recipe, "num_views": self.num_views, "channels": self.channels, "seed": self.seed,
             "epoch": epoch, "max_pixels": self.max_pixels, "env": storage_env(), "intensity": self.intensity})

@@ -63,9 +63,9 @@ def render_crops(data: bytes, params: list, j: int, size: int, channels: int, ma
     out = np.empty((len(params), size, size, channels), np.uint8)
     for v, (box, p) in enumerate(zip(boxes, params)):
         scaled = (max(0.0, box[0] * sx), max(0.0, box[1] * sy), min(im.size[0], box[2] * sx), min(im.size[1], box[3] * sy))
-        view = im.resize((size, size), Image.BILINEAR, box=scaled)
+        view = im.resize((size, size), Image.Resampling.BILINEAR, box=scaled)
         if bool(p.flip[j]):
-            view = view.transpose(Image.FLIP_LEFT_RIGHT)
+            view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         arr = np.asarray(view, dtype=np.uint8)
         out[v] = arr[:, :, None] if channels == 1 else arr
     return out

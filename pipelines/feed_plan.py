@@ -60,10 +60,10 @@ class ShardPool:
             if kept:
                 stem = PurePosixPath(str(source).split("://", 1)[-1]).stem
                 kept_by_stem[stem] = kept_by_stem.get(stem, 0) + 1
-        counts = [kept_by_stem.get(PurePosixPath(str(s).split("://", 1)[-1]).stem) for s in shards]
-        if any(c is None for c in counts):
+        stems = [PurePosixPath(str(s).split("://", 1)[-1]).stem for s in shards]
+        if any(stem not in kept_by_stem for stem in stems):
             return cls.count(shards)  # shards that are not this manifest's output: read their headers
-        return cls(tuple(str(s) for s in shards), tuple(int(c) for c in counts))
+        return cls(tuple(str(s) for s in shards), tuple(kept_by_stem[stem] for stem in stems))
 
     @classmethod
     def count(cls, shards: Sequence[str]) -> "ShardPool":
@@ -105,7 +105,7 @@ def shard_order(seed: int, epoch: int, n_shards: int) -> np.ndarray:
     return np.random.default_rng([int(seed), int(epoch), 0x5A2D]).permutation(n_shards)
 
 
-def plan_epoch(counts: Sequence[int], order: Sequence[int], world: int, per_worker: int) -> list[list[Segment]]:
+def plan_epoch(counts: Sequence[int], order: Sequence[int] | np.ndarray, world: int, per_worker: int) -> list[list[Segment]]:
     """Split the epoch's sample sequence (shards in ``order``, each shard's samples in file order)
     into ``world`` contiguous parts of ``per_worker`` samples; the tail that is left is not read."""
     if per_worker * world > sum(counts):

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from ssl_models.losses.mae import mae_loss
 from ssl_models.methods._vit_common import Decoder, encode_visible, gather_tokens, resolve_vit
 from ssl_models.methods.base import SSLMethod
+from ssl_models.vit import VisionTransformer
 
 
 class MAE(SSLMethod):
@@ -25,6 +26,7 @@ class MAE(SSLMethod):
 
     needs_vit = True
     num_views = 1
+    backbone: VisionTransformer
 
     def __init__(
         self,

@@ -43,6 +43,7 @@ Like MAE, a non-ViT ``backbone`` is ignored and a ViT is built from the kwargs.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +55,7 @@ from ssl_models.losses.mae import mae_loss
 from ssl_models.losses.unigrad import unigrad_loss
 from ssl_models.methods._vit_common import Decoder, encode_visible, resolve_vit
 from ssl_models.methods.base import SSLMethod
-from ssl_models.vit import grid_coords, sincos_embed
+from ssl_models.vit import VisionTransformer, grid_coords, sincos_embed
 
 
 def sample_boxes(n: int, scale: tuple[float, float], gen: torch.Generator | None = None) -> Tensor:
@@ -110,6 +111,8 @@ class SiameseIM(SSLMethod):
 
     needs_vit = True
     num_views = 2
+    backbone: VisionTransformer
+    target_encoder: VisionTransformer  # the EMA copy of ``backbone``
 
     def __init__(
         self,
@@ -145,8 +148,9 @@ class SiameseIM(SSLMethod):
         )
         self.backbone = encoder
         self.feature_dim = encoder.embed_dim
-        self.target_encoder = make_teacher(encoder)
-        self.mask_ratio, self.crop_scale, self.base_momentum = mask_ratio, tuple(crop_scale), base_momentum
+        self.target_encoder = cast(VisionTransformer, make_teacher(encoder))  # a deep copy of ``encoder``
+        self.mask_ratio, self.base_momentum = mask_ratio, base_momentum
+        self.crop_scale: tuple[float, float] = (crop_scale[0], crop_scale[1])
         self.loss_name, self.neg_weight, self.pixel_weight = loss, neg_weight, pixel_weight
         self.decoder = Decoder(encoder.embed_dim, decoder_dim, decoder_depth, decoder_heads, encoder.embed_dim, encoder.grid)
         self.scale_embed = nn.Linear(2, decoder_dim)
