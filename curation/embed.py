@@ -33,7 +33,8 @@ class RandomConvEmbedder(nn.Module):
             for conv in convs:
                 fan_in = conv.in_channels * 9
                 conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
-                conv.bias.zero_()
+                if conv.bias is not None:  # Conv2d's default: it has one
+                    conv.bias.zero_()
         self.out_dim = sum(widths[1:])
 
     @torch.no_grad()

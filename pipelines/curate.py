@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import numpy as np
 import pyarrow as pa
@@ -45,7 +45,8 @@ class CurationResult:
 
 def _collect_metadata(paths: list[str], rules: ValidationRules, shift_robust: int = 0) -> pa.Table:
     ds = map_shards(paths, inspect_batch, {"rules": rules, "shift_robust": shift_robust}, rows_per_batch=256)
-    tables = [t for t in ds.iter_batches(batch_format="pyarrow", batch_size=None) if t.num_rows]
+    batches = (cast(pa.Table, t) for t in ds.iter_batches(batch_format="pyarrow", batch_size=None))  # pyarrow format: Tables
+    tables = [t for t in batches if t.num_rows]
     if not tables:
         raise ValueError(f"the shards hold no samples: {paths[:3]}")
     return pa.concat_tables(tables, promote_options="permissive")
@@ -76,8 +77,8 @@ def decide(meta: pa.Table, cfg: CurateConfig) -> pa.Table:
     digests = [str(d) for d in meta.column("pixel_sha256").to_pylist()]
     if cfg.exact_dedup:
         exact = exact_duplicates(keys, digests, ok)
-        for i in np.flatnonzero(exact >= 0):
-            reasons[i], dup_of[i] = "exact_dup", keys[exact[i]]
+        for dup in np.flatnonzero(exact >= 0):
+            reasons[dup], dup_of[dup] = "exact_dup", keys[exact[dup]]
         ok &= exact < 0
     if cfg.near_dedup and ok.sum() > 1:
         from curation.near_dedup import find_near_duplicates

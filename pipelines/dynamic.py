@@ -201,6 +201,7 @@ class RoundEmbedder:
         if self.mode == "embed":
             out["embedding"] = z.numpy()
             return out
+        assert self.mean is not None and self.centroids is not None, "mode 'assign' is built with the centroids and mean"
         z = torch.nn.functional.normalize(z - self.mean, dim=1)
         out["cluster"] = (z @ self.centroids.T).argmax(1).numpy().astype(np.int64)
         return out

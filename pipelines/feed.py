@@ -139,7 +139,8 @@ class StreamFeed:
                 item["keys"] = list(self.keep.get(seg.shard, ()))
             items.append(item)
         ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-        ds = ds.map_batches(crop_segments, batch_size=1, fn_kwargs={
+        # Ray's stubs type a UDF as taking the batch alone; the rest of crop_segments' arguments come as fn_kwargs
+        ds = ds.map_batches(crop_segments, batch_size=1, fn_kwargs={  # type: ignore[arg-type]
             "recipe": self.recipe, "num_views": self.num_views, "channels": self.channels, "seed": self.seed,
             "epoch": epoch, "max_pixels": self.max_pixels, "env": storage_env(), "intensity": self.intensity})
         options = ds.context.execution_options

@@ -154,7 +154,8 @@ def choose_cache(mode: str, samples: int, image_size: int, channels: int, budget
     return "stream", f"data.cache=auto chose stream: {sized} does not fit data.cache_budget_gb={budget_gb:g}"
 
 
-def shard_keep_list(pool: ShardPool, keys: Sequence[str], shards: Sequence[int]) -> dict[int, list[str]]:
+def shard_keep_list(pool: ShardPool, keys: Sequence[str] | np.ndarray,
+                    shards: Sequence[int] | np.ndarray) -> dict[int, list[str]]:
     """A keep-list (key + shard index per kept sample) as shard index -> kept keys."""
     out: dict[int, list[str]] = {i: [] for i in range(len(pool.shards))}
     for key, shard in zip(keys, shards):
