@@ -292,7 +292,7 @@ def curate(
     write_task = ray.remote(num_cpus=1)(_write_curated_shard)
     outputs = [storage.join(shard_dir, curated_shard_name(p)) for p in paths]
     env = storage.storage_env()
-    # Ray's stubs type ray.remote(num_cpus=...)(f) by f's first two parameters; _write_curated_shard takes four
+    # Ray's overloads of ray.remote(num_cpus=...)(f) resolve this 4-parameter function to a 2-argument RemoteFunction
     refs = [write_task.remote(p, o, kept_by_source[p], env)  # type: ignore[call-arg]
             for p, o in zip(paths, outputs) if kept_by_source[p]]
     ray.get(refs)
