@@ -61,7 +61,7 @@ def main() -> None:
     from pipelines.curate import curate
     from pipelines.evaluate import embed
     from pipelines.pretrain import load_backbone, pretrain
-    from curation.ingest import read_decoded
+    from pipelines.readers import read_decoded
 
     ray.init(address="local", num_cpus=2 * (os.cpu_count() or 1), include_dashboard=True, dashboard_host="127.0.0.1",
              logging_level="ERROR")

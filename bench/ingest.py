@@ -121,7 +121,7 @@ def _init_ray() -> None:
 def measure_stream(paths: list[str], n: int) -> dict:
     """Drain ``read_decoded`` over the first ``n`` images; images/s and peak tree RSS."""
     _init_ray()
-    from curation.ingest import read_decoded
+    from pipelines.readers import read_decoded
 
     shards = paths[: -(-n // SHARD_SIZE)]
     seen = 0
@@ -179,7 +179,7 @@ def measure_views(paths: list[str], n: int, batch_size: int) -> dict:
     dl_rate = seen / dl_seconds
 
     _init_ray()
-    from curation.ingest import read_decoded
+    from pipelines.readers import read_decoded
 
     gen = torch.Generator().manual_seed(0)
     ours, t0 = 0, None

@@ -16,7 +16,7 @@ Both systems train the same recipe on the same train images, one after the other
   JPEGs with lightly's ``SimCLRTransform`` in a ``DataLoader`` (2 workers), lightly's ``ResNetGenerator``
   backbone, ``SimCLRProjectionHead`` and ``NTXentLoss``.
 - (b) ``sslpipe``: the real path: ``pipelines.sources.shard_source`` writes webdataset shards,
-  ``curation.ingest.read_decoded`` feeds them to ``pipelines.pretrain.pretrain`` (Ray Train, DDP workers,
+  ``pipelines.readers.read_decoded`` feeds them to ``pipelines.pretrain.pretrain`` (Ray Train, DDP workers,
   batched views), with ``configs/cifar10.yaml`` overridden key by key to the recipe above.
 
 - (c) ``sslpipe_like_for_like``: (b) with the two things LightlySSL's loop does differently that are not the
@@ -273,7 +273,7 @@ def sslpipe_config(run_dir: Path, args, extra: tuple[str, ...] | list[str] = ())
 def run_sslpipe(root: Path, work: Path, args, bank, queries, extra: tuple[str, ...] | list[str] = ()) -> dict:
     import ray
 
-    from curation.ingest import read_decoded
+    from pipelines.readers import read_decoded
     from pipelines.evaluate import embed as sslpipe_embed
     from pipelines.models import build_method_from_config
     from pipelines.pretrain import load_backbone, pretrain

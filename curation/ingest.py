@@ -1,10 +1,9 @@
-"""Ray Data stages that stream samples out of tar or parquet shards, on any filesystem.
+"""Shard inputs: listing (paths, directories, globs, brace lists) and tolerant per-shard sample readers.
 
-We read shards with our own tolerant readers (``curation.shards``) inside a Ray
-Data generator UDF instead of ``ray.data.read_webdataset``: a truncated shard,
-a link member or a sample without an image must become a recorded row, not a
-failed job. Each shard is one task; rows come out in chunks, so memory stays
-bounded by ``rows_per_batch`` per task whatever the shard size.
+Plain Python over pyarrow filesystems, no Ray: the Ray Data stages that run these readers, one task
+per shard, are in ``pipelines.readers``. A truncated shard, a link member or a sample without an
+image becomes a recorded row (``read_error``), not an exception, so a job over many shards never
+fails on one of them.
 
 Locations are local paths or pyarrow filesystem uris (``file://``, ``s3://``,
 ``gs://``), with webdataset brace lists (``shard-{000000..000099}.tar``) and
@@ -22,7 +21,7 @@ from __future__ import annotations
 import fnmatch
 import json
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -35,9 +34,6 @@ from storage.io import open_input as storage_open_input
 from storage.uri import STORAGE_ENV, apply_env as _apply_env, filesystem_for, join_uri, storage_env  # noqa: F401
 from curation.shards import INT64_MAX, INT64_MIN, expand_braces, iter_tar_samples, normalize_meta, sniff_image_ext
 from curation.decode import Intensity, decode_to_array
-
-if TYPE_CHECKING:
-    import ray.data
 
 SAMPLE_COLUMNS = ("key", "image", "ext", "label", "meta", "source", "read_error")
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".parquet")
@@ -141,7 +137,8 @@ def expand_shard_inputs(spec: str | Sequence[str], suffixes: Sequence[str] = SHA
                 fixed = path[: min(path.find(c) for c in "*?[" if c in path)]
                 base = fixed.rsplit("/", 1)[0] if "/" in fixed else "."
                 try:
-                    infos = filesystem.get_file_info(pafs.FileSelector(base, recursive="**" in path or path.count("/") > base.count("/") + 1))
+                    recursive = "**" in path or path.count("/") > base.count("/") + 1
+                    infos = filesystem.get_file_info(pafs.FileSelector(base, recursive=recursive))
                 except (FileNotFoundError, OSError) as exc:
                     raise InputError(f"cannot list {base!r} for {part!r}: {exc}") from exc
                 matched = [i for i in infos if fnmatch.fnmatchcase(
@@ -165,12 +162,6 @@ def expand_shard_inputs(spec: str | Sequence[str], suffixes: Sequence[str] = SHA
             else:
                 found.append(part)
     return list(dict.fromkeys(found)), list(dict.fromkeys(ignored))
-
-
-def _rows_to_batch(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    batch = {c: np.array([r[c] for r in rows], dtype=object) for c in SAMPLE_COLUMNS}
-    batch["label"] = batch["label"].astype(np.int64)
-    return batch
 
 
 #: what a parquet shard may hold (``sslpipe shard --format parquet`` writes exactly this)
@@ -287,49 +278,6 @@ def iter_samples(uri: str, image_column: str = "image") -> Iterator[dict[str, An
         yield from iter_tar_samples(stream, str(uri))
 
 
-def expand_shards(batch: dict[str, np.ndarray], rows_per_batch: int = 1024, image_column: str = "image",
-                  env: dict[str, str] | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """Ray Data UDF: a batch of shard uris in, batches of sample rows out."""
-    _apply_env(env)
-    for uri in batch["path"]:
-        rows: list[dict[str, Any]] = []
-        for row in iter_samples(str(uri), image_column):
-            rows.append(row)
-            if len(rows) >= rows_per_batch:
-                yield _rows_to_batch(rows)
-                rows = []
-        if rows:
-            yield _rows_to_batch(rows)
-
-
-def _read(paths: str | Sequence[str], rows_per_batch: int, image_column: str) -> ray.data.Dataset:
-    uris = expand_uris(paths)
-    if not uris:
-        raise ValueError("no shards to read")
-    import ray.data  # here, not at module import: listing and sharding tasks use this module without Ray Data
-
-    ds = ray.data.from_items([{"path": p} for p in uris], override_num_blocks=len(uris))
-    return ds.map_batches(expand_shards, batch_size=1,
-                          fn_kwargs={"rows_per_batch": rows_per_batch, "image_column": image_column, "env": storage_env()})
-
-
-def read_shards(paths: str | Sequence[str], rows_per_batch: int = 1024) -> ray.data.Dataset:
-    """A Dataset of sample rows (``SAMPLE_COLUMNS``) from tar or parquet shards.
-
-    ``paths``: uris, directories, globs or brace lists (``expand_uris``).
-    """
-    if not paths:
-        raise ValueError("no shards to read")
-    return _read(paths, rows_per_batch, "image")
-
-
-def read_parquet_images(paths: str | Sequence[str], image_column: str = "image", rows_per_batch: int = 1024) -> ray.data.Dataset:
-    """Parquet files with an encoded-image column -> the same row schema as ``read_shards``."""
-    if not paths:
-        raise ValueError("no parquet files to read")
-    return _read(paths, rows_per_batch, image_column)
-
-
 def decode_batch(batch: dict[str, np.ndarray], size: int, channels: int,
                  intensity: Intensity = "full_range") -> dict[str, np.ndarray]:
     """Ray Data UDF: encoded bytes -> uint8 [N, size, size, C] pixels (rows that fail are dropped
@@ -349,49 +297,3 @@ def decode_batch(batch: dict[str, np.ndarray], size: int, channels: int,
         return {"key": np.array([], dtype=object), "image": np.zeros((0, size, size, channels), np.uint8),
                 "label": np.zeros(0, np.int64)}
     return {"key": np.array(keys, dtype=object), "image": np.stack(images), "label": np.array(labels, np.int64)}
-
-
-#: rows decoded at a time inside a read task: bounds the PIL/numpy working set of one task
-DECODE_ROWS = 256
-
-
-def map_shards(paths: str | Sequence[str], udf: Callable[..., dict[str, np.ndarray]],
-               fn_kwargs: dict[str, Any] | None = None, rows_per_batch: int = DECODE_ROWS,
-               image_column: str = "image") -> ray.data.Dataset:
-    """``udf`` over every shard's sample rows, one Ray task per shard (read + ``udf`` on chunks of
-    ``rows_per_batch`` rows), so shards are processed in parallel across the cluster and each
-    task's output stays one small block. See ``read_decoded`` for why a plain
-    ``read_shards(...).map_batches(udf, batch_size=B)`` must not be used: it fuses into tasks of
-    B shards each (no parallelism below B shards, blocks up to 128 MiB)."""
-    uris = expand_uris(paths)
-    if not uris:
-        raise ValueError("no shards to read")
-    kwargs = dict(fn_kwargs or {})
-
-    def per_shard(batch: dict[str, np.ndarray], env: dict[str, str] | None = None) -> Iterator[dict[str, np.ndarray]]:
-        for rows in expand_shards(batch, rows_per_batch, image_column, env):
-            yield udf(rows, **kwargs)
-
-    per_shard.__name__ = per_shard.__qualname__ = f"{udf.__name__}_per_shard"  # the Ray task/process title
-    import ray.data
-
-    ds = ray.data.from_items([{"path": p} for p in uris], override_num_blocks=len(uris))
-    return ds.map_batches(per_shard, batch_size=1, fn_kwargs={"env": storage_env()})
-
-
-def read_decoded(paths: str | Sequence[str], size: int, channels: int,
-                 intensity: Intensity = "full_range") -> ray.data.Dataset:
-    """Shards -> Dataset of {key, image uint8 [size,size,C], label}, the training feed.
-
-    One Ray task per shard that reads *and* decodes (``map_shards``), so memory does not grow
-    with the number of shards. Not ``read_shards(...).map_batches(decode_batch, batch_size=256)``:
-    Ray Data fuses the two maps and gives the fused task ``batch_size`` rows of *its input*, i.e.
-    256 shard paths per task; one task then decoded every shard of a run of <= 256 shards, its
-    output was coalesced into blocks of up to ``DataContext.target_max_block_size`` (128 MiB)
-    before anything reached the consumer, and those blocks filled (and spilled) the object store
-    and the driver: peak memory grew with N up to that size (issue #3, ``bench/ingest.py``).
-    Keep it so: a ``map_batches(..., batch_size=B)`` chained right after this one would fuse and
-    bundle B shards per task again.
-    """
-    return map_shards(paths, decode_batch, {"size": size, "channels": channels, "intensity": intensity},
-                      rows_per_batch=DECODE_ROWS)

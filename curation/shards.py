@@ -166,15 +166,21 @@ def write_shard(samples: Iterable[Sample], path: str | Path) -> int:
     return count
 
 
-def write_shards(samples: Iterable[Sample], dest: str | Path, shard_size: int, prefix: str = "shard") -> list[Path]:
-    """Sort ``samples`` by key and write them as ``prefix-000000.tar``, ... of ``shard_size`` each."""
+def write_shards(samples: Iterable[Sample], dest: str | Path, shard_size: int, prefix: str = "shard",
+                 *, keep_existing: bool = False) -> list[str]:
+    """Sort ``samples`` by key and write them as ``prefix-000000.tar``, ... of ``shard_size`` each; returns their paths.
+
+    ``keep_existing``: a shard already there is not written again (a resumed build: shards are
+    written atomically, so one that exists is complete).
+    """
     ordered = sorted(samples, key=lambda s: s.key)
     dest = Path(dest)
     paths = []
     for start in range(0, len(ordered), shard_size):
         p = dest / f"{prefix}-{start // shard_size:06d}.tar"
-        write_shard(ordered[start : start + shard_size], p)
-        paths.append(p)
+        if not (keep_existing and p.exists()):
+            write_shard(ordered[start : start + shard_size], p)
+        paths.append(str(p))
     return paths
 
 

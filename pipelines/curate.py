@@ -15,20 +15,21 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import numpy as np
 import pyarrow as pa
 import ray
 
 from curation.exact_dedup import exact_duplicates
-from curation.ingest import iter_samples, map_shards
+from curation.ingest import iter_samples
 from curation.image_checks import inspect_batch
 from curation.manifest import MANIFEST_SCHEMA, check_conservation, reason_counts, write_table_atomic
 from curation.shards import Sample, list_shards, write_tar_stream
 from curation.validate import ValidationRules
 from pipelines.atomic import write_json_atomic
 from pipelines.config import CurateConfig
+from pipelines.readers import map_shards
 import storage
 
 log = logging.getLogger("sslpipe.curate")
@@ -44,7 +45,8 @@ class CurationResult:
 
 def _collect_metadata(paths: list[str], rules: ValidationRules, shift_robust: int = 0) -> pa.Table:
     ds = map_shards(paths, inspect_batch, {"rules": rules, "shift_robust": shift_robust}, rows_per_batch=256)
-    tables = [t for t in ds.iter_batches(batch_format="pyarrow", batch_size=None) if t.num_rows]
+    batches = (cast(pa.Table, t) for t in ds.iter_batches(batch_format="pyarrow", batch_size=None))  # pyarrow format: Tables
+    tables = [t for t in batches if t.num_rows]
     if not tables:
         raise ValueError(f"the shards hold no samples: {paths[:3]}")
     return pa.concat_tables(tables, promote_options="permissive")
@@ -75,8 +77,8 @@ def decide(meta: pa.Table, cfg: CurateConfig) -> pa.Table:
     digests = [str(d) for d in meta.column("pixel_sha256").to_pylist()]
     if cfg.exact_dedup:
         exact = exact_duplicates(keys, digests, ok)
-        for i in np.flatnonzero(exact >= 0):
-            reasons[i], dup_of[i] = "exact_dup", keys[exact[i]]
+        for dup in np.flatnonzero(exact >= 0):
+            reasons[dup], dup_of[dup] = "exact_dup", keys[exact[dup]]
         ok &= exact < 0
     if cfg.near_dedup and ok.sum() > 1:
         from curation.near_dedup import find_near_duplicates
@@ -127,7 +129,7 @@ def _embeddings(paths: list[str], keys: list[str], out_dir: str, cfg: CurateConf
     wanted = frozenset(keys)
     ds = map_shards(paths, _keep_keys, {"keys": wanted}, rows_per_batch=1024)
     # images are embedded as RGB (grayscale replicated), so one embedder serves every data set
-    from curation.embed import collect_embeddings, embed_dataset  # torch: only when embedding
+    from pipelines.embedding import collect_embeddings, embed_dataset  # torch: only when embedding
 
     got_keys, emb = collect_embeddings(embed_dataset(ds, factory, cfg.embed_size, 3, cfg.embed_actors, intensity))
     position = {k: i for i, k in enumerate(got_keys)}  # a key repeated in a shard is embedded twice: keep one
@@ -138,21 +140,13 @@ def _embeddings(paths: list[str], keys: list[str], out_dir: str, cfg: CurateConf
     return emb
 
 
-def auto_levels(n: int) -> list[int]:
-    """Clusters per level for ``n`` points when the config gives none: ~25 points per finest
-    cluster, then /10 per level while a level keeps >= 20 clusters (Vo et al. use 4 levels at 10^8)."""
-    levels = [max(2, min(20000, n // 25))]
-    while levels[-1] >= 20 and len(levels) < 4:
-        levels.append(levels[-1] // 10)
-    return levels
-
-
 def semantic_stages(manifest: pa.Table, paths: list[str], out_dir: str, cfg: CurateConfig,
                     factory: Callable[[], Any], seed: int, intensity: str = "full_range"
                     ) -> tuple[pa.Table, dict[str, Any]]:
     """SemDeDup, then hierarchical k-means + balanced sampling, on the samples still kept."""
     from curation.balanced import balanced_sample
     from curation.hierarchical import hierarchical_kmeans
+    from curation.levels import CURATION_LEVELS
     from curation.metrics import normalized_entropy
     from curation.semdedup import semdedup
 
@@ -180,8 +174,7 @@ def semantic_stages(manifest: pa.Table, paths: list[str], out_dir: str, cfg: Cur
         info["semdedup"] = {"clusters": k, "eps": cfg.semdedup_eps, "mode": cfg.semdedup_mode,
                             "removed": int((dup >= 0).sum())}
     if cfg.balance_fraction < 1 and len(survivors) >= 4:
-        levels = cfg.balance_levels or auto_levels(len(survivors))
-        levels = [min(k, len(survivors) // 2) for k in levels]
+        levels = CURATION_LEVELS.levels(len(survivors), cfg.balance_levels)
         hier = hierarchical_kmeans(emb[survivors], levels, resampling_steps=cfg.balance_resampling_steps, seed=seed)
         target = int(round(cfg.balance_fraction * len(survivors)))
         keep = balanced_sample(hier.assignments, target, seed)
@@ -299,7 +292,9 @@ def curate(
     write_task = ray.remote(num_cpus=1)(_write_curated_shard)
     outputs = [storage.join(shard_dir, curated_shard_name(p)) for p in paths]
     env = storage.storage_env()
-    refs = [write_task.remote(p, o, kept_by_source[p], env) for p, o in zip(paths, outputs) if kept_by_source[p]]
+    # Ray's overloads of ray.remote(num_cpus=...)(f) resolve this 4-parameter function to a 2-argument RemoteFunction
+    refs = [write_task.remote(p, o, kept_by_source[p], env)  # type: ignore[call-arg]
+            for p, o in zip(paths, outputs) if kept_by_source[p]]
     ray.get(refs)
     curated = [o for p, o in zip(paths, outputs) if kept_by_source[p]]
 

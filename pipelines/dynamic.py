@@ -39,13 +39,14 @@ import storage
 from curation.balanced import balanced_sample
 from curation.hierarchical import hierarchical_kmeans
 from curation.kmeans import assign
+from curation.levels import PRUNING_LEVELS
 from curation.metrics import normalized_entropy
-from pipelines.device import module_device
+from pipelines.embedding import backbone_features
 from ssl_models.augment import ViewRecipe, augment_batch, normalize_batch
 
 if TYPE_CHECKING:
     from pipelines.config import RunConfig
-    from pipelines.feed import ShardPool
+    from pipelines.feed_plan import ShardPool
 
 
 @dataclass
@@ -54,26 +55,12 @@ class PruningRound:
     info: dict[str, Any]
 
 
-@torch.no_grad()
 def _features(backbone: torch.nn.Module, images: torch.Tensor, recipe: ViewRecipe, views: bool = False,
               gen: torch.Generator | None = None) -> torch.Tensor:
-    out = []
-    device = module_device(backbone)  # the pool stays in host memory; features come back to it
-    for start in range(0, len(images), 512):
-        chunk = images[start : start + 512].to(device)
-        x = augment_batch(chunk, recipe, gen) if views else normalize_batch(chunk, recipe)
-        out.append(torch.nn.functional.normalize(backbone(x).float(), dim=1).cpu())
-    return torch.cat(out)
-
-
-def _levels_for(n: int, levels: list[int]) -> list[int]:
-    if levels:
-        return [max(1, min(k, n // 2)) for k in levels]
-    finest = max(2, min(1000, n // 20))
-    out = [finest]
-    while out[-1] >= 20 and len(out) < 3:
-        out.append(out[-1] // 10)
-    return out
+    """Unit-norm features of the local pool: the evaluation view, or one augmented view per image from ``gen``."""
+    if views:
+        return backbone_features(backbone, images, lambda x: augment_batch(x, recipe, gen), unit_norm=True)
+    return backbone_features(backbone, images, lambda x: normalize_batch(x, recipe), unit_norm=True)
 
 
 def select_subset(
@@ -103,7 +90,7 @@ def select_subset(
         feats = feats - feats.mean(0, keepdims=True)
         feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
         fit = rng.choice(n, size=min(n, subset_for_clustering), replace=False)
-        ks = _levels_for(len(fit), levels)
+        ks = PRUNING_LEVELS.levels(len(fit), levels)
         hier = hierarchical_kmeans(feats[fit], ks, resampling_steps=resampling_steps, seed=seed)
         finest, _ = assign(feats, hier.centroids[0], spherical=True)
         assignments = [finest]
@@ -214,6 +201,7 @@ class RoundEmbedder:
         if self.mode == "embed":
             out["embedding"] = z.numpy()
             return out
+        assert self.mean is not None and self.centroids is not None, "mode 'assign' is built with the centroids and mean"
         z = torch.nn.functional.normalize(z - self.mean, dim=1)
         out["cluster"] = (z @ self.centroids.T).argmax(1).numpy().astype(np.int64)
         return out
@@ -225,7 +213,7 @@ def _run_round_job(cfg: "RunConfig", pool: "ShardPool", weights: Any, mode: str,
     Rows come back sorted by (shard, key), so the round does not depend on which task finished first."""
     from ray.data import ActorPoolStrategy
 
-    from curation.ingest import map_shards
+    from pipelines.readers import map_shards
     from pipelines.config import config_to_dict
 
     dyn = cfg.dynamic
@@ -260,7 +248,7 @@ def stream_round(cfg: "RunConfig", backbone: torch.nn.Module, pool: "ShardPool",
     """
     import ray
 
-    from pipelines.feed import shard_keep_list
+    from pipelines.feed_plan import shard_keep_list
 
     dyn = cfg.dynamic
     t0 = time.time()
@@ -277,7 +265,7 @@ def stream_round(cfg: "RunConfig", backbone: torch.nn.Module, pool: "ShardPool",
         mean = feats.mean(0, keepdims=True)
         feats = feats - mean
         feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
-        ks = _levels_for(len(feats), list(dyn.levels))
+        ks = PRUNING_LEVELS.levels(len(feats), dyn.levels)
         hier = hierarchical_kmeans(feats, ks, resampling_steps=dyn.resampling_steps, seed=seed)
         if subset is None:
             rows = fit
@@ -334,7 +322,7 @@ def load_keep_list(pool: "ShardPool", path: str) -> dict[int, list[str]]:
     """A keep-list written by ``stream_round`` (a resumed run keeps training on it); ``path`` may be a uri."""
     import pyarrow.parquet as pq
 
-    from pipelines.feed import shard_keep_list
+    from pipelines.feed_plan import shard_keep_list
 
     fs, local = storage.filesystem_for(path)
     table = pq.read_table(local, columns=["key", "shard"], filesystem=fs)

@@ -22,7 +22,7 @@ import numpy as np
 import storage
 
 from curation.errors import InputError
-from curation.shards import Sample
+from curation.shards import Sample, write_shards
 from pipelines.config import RunConfig
 
 BANK, QUERIES = "bank", "queries"
@@ -70,14 +70,14 @@ def resolve_eval_sets(cfg: RunConfig, pool_dir: str | Path, demo_queries: list[s
 def write_demo_bank(cfg: RunConfig, dest: str | Path) -> list[str]:
     """The demo's kNN bank: the clean, labelled digits the demo pool was planted from."""
     from curation.planting import encode_png
-    from pipelines.sources import _write_in_shards, built_in, load_mnist_digits
+    from pipelines.sources import built_in, load_mnist_digits
 
     images, labels = load_mnist_digits()
     n_train = len(images) - cfg.data.demo_holdout  # the same digits build_demo_pool plants into the pool
     if cfg.data.limit:
         n_train = min(n_train, cfg.data.limit)
     samples = [Sample(f"bank{i:06d}", encode_png(images[i]), "png", int(labels[i])) for i in range(n_train)]
-    return built_in(dest, lambda folder: [_write_in_shards(samples, folder, cfg.data.shard_size, prefix="bank")])[0]
+    return built_in(dest, lambda folder: [write_shards(samples, folder, cfg.data.shard_size, "bank", keep_existing=True)])[0]
 
 
 def index_labelled_set(paths: list[str], what: str, source: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -87,7 +87,7 @@ def index_labelled_set(paths: list[str], what: str, source: str) -> tuple[np.nda
     Raises InputError, before any training, when the set holds no labelled image: kNN and the
     probes would have nothing to score.
     """
-    from curation.ingest import map_shards
+    from pipelines.readers import map_shards
 
     ds = map_shards(paths, _keys_and_labels, rows_per_batch=1024)
     keys: list[str] = []

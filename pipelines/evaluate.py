@@ -16,9 +16,9 @@ import numpy as np
 import ray.data
 import torch
 
-from curation.ingest import read_decoded
+from pipelines.readers import read_decoded
 from pipelines.config import RunConfig
-from pipelines.device import module_device
+from pipelines.embedding import backbone_features
 from pipelines.evaluation.knn import DINO, LIGHTLY_CIFAR10, KnnProtocol, knn_accuracy
 from pipelines.models import build_method_from_config, view_recipe
 from ssl_models.augment import normalize_batch
@@ -89,11 +89,8 @@ def embed(backbone: torch.nn.Module, images: np.ndarray, cfg: RunConfig, batch_s
     """Frozen features of uint8 NHWC images with the evaluation view (resize + normalise)."""
     backbone.eval()
     recipe = view_recipe(cfg)
-    out, device = [], module_device(backbone)
-    for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[start : start + batch_size]).permute(0, 3, 1, 2).to(device)
-        out.append(backbone(normalize_batch(x, recipe)).float().cpu().numpy())
-    return np.concatenate(out)
+    nchw = torch.from_numpy(images).permute(0, 3, 1, 2)
+    return backbone_features(backbone, nchw, lambda x: normalize_batch(x, recipe), batch_size=batch_size).numpy()
 
 
 def raw_pixels(images: np.ndarray) -> np.ndarray:

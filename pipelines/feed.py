@@ -37,302 +37,33 @@ restore.
 What an epoch drops: the planned steps use ``N // global_batch`` batches, so the last
 ``N mod global_batch`` positions of the epoch's order (fewer than one global batch) are not read
 that epoch; the order changes every epoch, so a different handful is left out each time.
+
+Three modules, one job each: ``pipelines.feed_plan`` (the pool, the epoch's order, each worker's
+segments, the memory-or-stream choice), ``pipelines.feed_crops`` (the read tasks that cut the
+crops) and this one (the worker's side: its Ray Data job, windows, batches and counters).
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import zlib
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import Any, Iterator, Sequence
+from typing import Iterator
 
 import numpy as np
 import torch
 
-from curation.decode import Intensity, decode_image, open_image
-from ssl_models.augment import ViewRecipe, crop_box_pixels, sample_crop_params
+from curation.decode import Intensity
+# the plan and the read tasks have modules of their own; their names stay importable from here
+from pipelines.feed_crops import chunk_crop_params, crop_segments, render_crops
+from pipelines.feed_plan import (Segment, ShardPool, choose_cache, decoded_bytes_per_sample, plan_epoch, shard_keep_list,
+                                 shard_order, skip_samples)
+from ssl_models.augment import ViewRecipe
 
-#: positions of a shard that share one crop-parameter generator in the Ray Data stage
-CROP_CHUNK = 256
-#: stream mode: bytes of crops per block the Ray Data stage hands on (a few per worker are in flight)
-BLOCK_BYTES = 8 * 2**20
+__all__ = ["EpochCounters", "StreamBatch", "StreamFeed", "Segment", "ShardPool", "choose_cache", "decoded_bytes_per_sample",
+           "plan_epoch", "shard_keep_list", "shard_order", "skip_samples", "chunk_crop_params", "crop_segments", "render_crops"]
+
 #: stream mode: part of the cluster's object store one worker's feed may fill with crops in flight
 OBJECT_STORE_FRACTION = 0.4
-
-
-# --------------------------------------------------------------------------- the pool and its plan
-
-
-@dataclass(frozen=True)
-class ShardPool:
-    """The curated shards a run trains on and how many samples each holds (in order).
-
-    Counts come from curation's manifest (``from_manifest``) or from reading the shards'
-    headers (``count``); the step plan of both feed modes is made from them, before training.
-    """
-
-    shards: tuple[str, ...]
-    counts: tuple[int, ...]
-
-    def __post_init__(self) -> None:
-        if len(self.shards) != len(self.counts):
-            raise ValueError(f"{len(self.shards)} shards but {len(self.counts)} counts")
-
-    @property
-    def total(self) -> int:
-        return int(sum(self.counts))
-
-    @property
-    def offsets(self) -> np.ndarray:
-        """Global sample id of each shard's first sample (ids are shard order x position)."""
-        return np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"shards": list(self.shards), "counts": [int(c) for c in self.counts]}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ShardPool":
-        return cls(tuple(data["shards"]), tuple(int(c) for c in data["counts"]))
-
-    @classmethod
-    def from_manifest(cls, manifest: str | Path, shards: Sequence[str]) -> "ShardPool":
-        """Kept samples per curated shard, from the manifest (a curated shard is named after its input
-        shard: ``NAME.tar`` holds the kept samples whose source is ``.../NAME.tar|.parquet``)."""
-        import pyarrow.parquet as pq
-
-        import storage
-
-        fs, path = storage.filesystem_for(str(manifest))  # local or in object storage (run_dir may be a uri)
-        table = pq.read_table(path, columns=["source", "kept"], filesystem=fs)
-        kept_by_stem: dict[str, int] = {}
-        for source, kept in zip(table.column("source").to_pylist(), table.column("kept").to_pylist()):
-            if kept:
-                stem = PurePosixPath(str(source).split("://", 1)[-1]).stem
-                kept_by_stem[stem] = kept_by_stem.get(stem, 0) + 1
-        counts = [kept_by_stem.get(PurePosixPath(str(s).split("://", 1)[-1]).stem) for s in shards]
-        if any(c is None for c in counts):
-            return cls.count(shards)  # shards that are not this manifest's output: read their headers
-        return cls(tuple(str(s) for s in shards), tuple(int(c) for c in counts))
-
-    @classmethod
-    def count(cls, shards: Sequence[str]) -> "ShardPool":
-        """Samples per shard from the tar headers / parquet footers, one Ray task per shard."""
-        import ray.data
-
-        from curation.ingest import expand_uris, storage_env
-
-        uris = expand_uris(list(shards))
-        ds = ray.data.from_items([{"i": i, "path": p} for i, p in enumerate(uris)], override_num_blocks=len(uris))
-        rows = ds.map_batches(_count_shard, batch_size=1, fn_kwargs={"env": storage_env()}).take_all()
-        counts = dict((int(r["i"]), int(r["n"])) for r in rows)
-        return cls(tuple(uris), tuple(counts[i] for i in range(len(uris))))
-
-
-def _count_shard(batch: dict[str, np.ndarray], env: dict[str, str] | None = None) -> dict[str, np.ndarray]:
-    """Ray Data UDF: the number of readable samples in one shard."""
-    from curation.ingest import _apply_env, iter_samples
-
-    _apply_env(env)
-    uri = str(batch["path"][0])
-    n = sum(1 for row in iter_samples(uri) if not row["read_error"])
-    return {"i": np.array([int(batch["i"][0])]), "n": np.array([n])}
-
-
-@dataclass(frozen=True)
-class Segment:
-    """Positions ``[start, stop)`` of shard ``shard`` (an index into the pool) in one worker's epoch."""
-
-    shard: int
-    start: int
-    stop: int
-
-
-def shard_order(seed: int, epoch: int, n_shards: int) -> np.ndarray:
-    """The epoch's shard order: a permutation that depends only on the seed and the epoch."""
-    return np.random.default_rng([int(seed), int(epoch), 0x5A2D]).permutation(n_shards)
-
-
-def plan_epoch(counts: Sequence[int], order: Sequence[int], world: int, per_worker: int) -> list[list[Segment]]:
-    """Split the epoch's sample sequence (shards in ``order``, each shard's samples in file order)
-    into ``world`` contiguous parts of ``per_worker`` samples; the tail that is left is not read."""
-    if per_worker * world > sum(counts):
-        raise ValueError(f"{world} x {per_worker} samples planned from a pool of {sum(counts)}")
-    plans: list[list[Segment]] = [[] for _ in range(world)]
-    rank, need = 0, per_worker
-    for shard in order:
-        pos, n = 0, int(counts[shard])
-        while pos < n and rank < world:
-            take = min(need, n - pos)
-            plans[rank].append(Segment(int(shard), pos, pos + take))
-            pos, need = pos + take, need - take
-            if need == 0:
-                rank, need = rank + 1, per_worker
-        if rank >= world:
-            break
-    return plans
-
-
-def skip_samples(segments: list[Segment], skip: int) -> list[Segment]:
-    """The segments that remain after the first ``skip`` samples of a worker's part."""
-    out: list[Segment] = []
-    for seg in segments:
-        n = seg.stop - seg.start
-        if skip >= n:
-            skip -= n
-            continue
-        out.append(Segment(seg.shard, seg.start + skip, seg.stop))
-        skip = 0
-    return out
-
-
-# --------------------------------------------------------------------------- the Ray Data stage
-
-
-def _mix(*parts: int) -> int:
-    """A 63-bit seed from integers (numpy's SeedSequence: no correlated neighbouring seeds)."""
-    return int(np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(2, np.uint64)[0] >> 1)
-
-
-def chunk_crop_params(recipe: ViewRecipe, num_views: int, aspects: torch.Tensor, seed: int, epoch: int,
-                      shard: int, chunk: int) -> list:
-    """Crop boxes + flips of every view of one chunk of a shard's positions.
-
-    The generator depends only on ``(seed, epoch, shard, chunk)`` and the draws do not depend on
-    the aspects, so a sample's crops are the same whichever worker reads it and wherever its
-    segment starts (a resumed epoch cuts the same crops as the uninterrupted one).
-    """
-    gen = torch.Generator().manual_seed(_mix(seed, epoch, shard, chunk, 0xC50))
-    return [sample_crop_params(len(aspects), recipe, aspects, gen) for _ in range(num_views)]
-
-
-def draft_for_boxes(boxes: list[tuple[float, float, float, float]], width: int, height: int, size: int) -> tuple[int, int]:
-    """The smallest whole-image size a reduced (JPEG draft) decode may have so every box still holds
-    ``size`` x ``size`` source pixels: the crop is never upsampled from a reduced decode."""
-    need_w = max(size * width / max(b[2] - b[0], 1e-6) for b in boxes)
-    need_h = max(size * height / max(b[3] - b[1], 1e-6) for b in boxes)
-    return min(width, math.ceil(need_w)), min(height, math.ceil(need_h))
-
-
-def render_crops(data: bytes, params: list, j: int, size: int, channels: int, max_pixels: int,
-                 intensity: Intensity = "full_range") -> np.ndarray:
-    """Decode one image (reduced where the crops allow) and cut its views: uint8 [V, size, size, C].
-    ``intensity``: how a 16-bit/float image is scaled to 8 bits (``data.intensity``)."""
-    from PIL import Image
-
-    width, height = open_image(data, max_pixels).size
-    boxes = [crop_box_pixels(p, j, width, height) for p in params]
-    im = decode_image(data, channels, intensity=intensity, max_pixels=max_pixels,
-                      draft_size=draft_for_boxes(boxes, width, height, size))
-    sx, sy = im.size[0] / width, im.size[1] / height
-    out = np.empty((len(params), size, size, channels), np.uint8)
-    for v, (box, p) in enumerate(zip(boxes, params)):
-        scaled = (max(0.0, box[0] * sx), max(0.0, box[1] * sy), min(im.size[0], box[2] * sx), min(im.size[1], box[3] * sy))
-        view = im.resize((size, size), Image.BILINEAR, box=scaled)
-        if bool(p.flip[j]):
-            view = view.transpose(Image.FLIP_LEFT_RIGHT)
-        arr = np.asarray(view, dtype=np.uint8)
-        out[v] = arr[:, :, None] if channels == 1 else arr
-    return out
-
-
-def _empty_rows() -> dict[str, list]:
-    return {"key": [], "label": [], "sample_id": [], "views": [], "error": [], "source": []}
-
-
-def crop_segments(batch: dict[str, np.ndarray], recipe: ViewRecipe, num_views: int, channels: int, seed: int,
-                  epoch: int, max_pixels: int, rows_per_block: int = 0, env: dict[str, str] | None = None,
-                  intensity: Intensity = "full_range") -> Iterator[dict[str, np.ndarray]]:
-    """Ray Data UDF (one segment per call): read positions ``[start, stop)`` of a shard, decode each
-    image at its own size, cut ``num_views`` crops, yield blocks of fixed-size uint8 crops.
-
-    A shard that cannot be opened or is cut short, and an image that no longer decodes, come out
-    as rows with an ``error`` (and blank crops), so the worker counts them instead of crashing.
-    With a keep-list (``keys``), positions count only the kept samples of the shard.
-    """
-    from curation.ingest import _apply_env, iter_samples
-
-    _apply_env(env)
-    uri, shard = str(batch["uri"][0]), int(batch["shard"][0])
-    start, stop, first_id = int(batch["start"][0]), int(batch["stop"][0]), int(batch["first_id"][0])
-    keep = batch["keys"][0] if "keys" in batch else None
-    keep = set(keep) if keep is not None and len(keep) else None
-    size = recipe.size
-    if rows_per_block <= 0:  # blocks of about BLOCK_BYTES of crops
-        rows_per_block = max(8, BLOCK_BYTES // (num_views * size * size * channels))
-    rows = _empty_rows()
-    pending: list[tuple[int, int, dict[str, Any]]] = []  # (position, member index, row) of the current chunk
-    blank = np.zeros((num_views, size, size, channels), np.uint8)
-
-    def error_row(key: str, reason: str, label: int = -1, sample_id: int = -1) -> None:
-        for name, value in (("key", key), ("label", label), ("sample_id", sample_id), ("views", blank),
-                            ("error", reason), ("source", uri)):
-            rows[name].append(value)
-
-    def flush_chunk() -> Iterator[dict[str, np.ndarray]]:
-        if not pending:
-            return
-        chunk = pending[0][0] // CROP_CHUNK
-        aspects = torch.ones(CROP_CHUNK)
-        sizes: dict[int, tuple[int, int]] = {}
-        for pos, _, row in pending:
-            try:
-                w, h = open_image(row["image"], max_pixels).size
-                sizes[pos], aspects[pos % CROP_CHUNK] = (w, h), w / h
-            except Exception:  # noqa: BLE001 - recorded as a row error below
-                pass
-        params = chunk_crop_params(recipe, num_views, aspects, seed, epoch, shard, chunk)
-        for pos, member, row in pending:
-            sample_id = first_id + member
-            if pos not in sizes:
-                error_row(row["key"], "decode_error", int(row["label"]), sample_id)
-                continue
-            try:
-                views = render_crops(row["image"], params, pos % CROP_CHUNK, size, channels, max_pixels, intensity)
-            except Exception:  # noqa: BLE001 - an image that decoded at curation but not now
-                error_row(row["key"], "decode_error", int(row["label"]), sample_id)
-                continue
-            for name, value in (("key", row["key"]), ("label", int(row["label"])), ("sample_id", sample_id),
-                                ("views", views), ("error", ""), ("source", uri)):
-                rows[name].append(value)
-            if len(rows["key"]) >= rows_per_block:
-                yield emit()
-        pending.clear()
-
-    def emit() -> dict[str, np.ndarray]:
-        out = {"key": np.array(rows["key"], dtype=object), "label": np.array(rows["label"], np.int64),
-               "sample_id": np.array(rows["sample_id"], np.int64),
-               "views": np.stack(rows["views"]) if rows["views"] else np.zeros((0, num_views, size, size, channels), np.uint8),
-               "error": np.array(rows["error"], dtype=object), "source": np.array(rows["source"], dtype=object)}
-        for v in rows.values():
-            v.clear()
-        return out
-
-    pos = member = 0
-    for row in iter_samples(uri):
-        if row["read_error"]:
-            # a curated shard holds only readable samples: this one broke (or went) after curation
-            if row["read_error"] in ("unreadable_shard", "truncated_shard"):
-                error_row(row["key"], row["read_error"])
-            continue
-        this_member = member
-        member += 1
-        if keep is not None and row["key"] not in keep:
-            continue
-        if pos >= stop:
-            break
-        if pos >= start:
-            if pending and pos // CROP_CHUNK != pending[0][0] // CROP_CHUNK:
-                yield from flush_chunk()
-            pending.append((pos, this_member, row))
-        pos += 1
-    yield from flush_chunk()
-    if rows["key"]:
-        yield emit()
-
-
-# --------------------------------------------------------------------------- the worker's side
 
 
 @dataclass
@@ -397,7 +128,7 @@ class StreamFeed:
         import ray.data
         from ray.data import ExecutionResources
 
-        from curation.ingest import storage_env
+        from storage.uri import storage_env
 
         offsets = self.pool.offsets
         items = []
@@ -407,8 +138,9 @@ class StreamFeed:
             if self.keep is not None:
                 item["keys"] = list(self.keep.get(seg.shard, ()))
             items.append(item)
-        ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-        ds = ds.map_batches(crop_segments, batch_size=1, fn_kwargs={
+        ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+        # Ray's stubs type a UDF as taking the batch alone; the rest of crop_segments' arguments come as fn_kwargs
+        ds = ds.map_batches(crop_segments, batch_size=1, fn_kwargs={  # type: ignore[arg-type]
             "recipe": self.recipe, "num_views": self.num_views, "channels": self.channels, "seed": self.seed,
             "epoch": epoch, "max_pixels": self.max_pixels, "env": storage_env(), "intensity": self.intensity})
         options = ds.context.execution_options
@@ -511,40 +243,8 @@ class StreamFeed:
         labels = torch.from_numpy(window["label"][rows].astype(np.int64))
         c = self.counters
         c.samples += len(rows)
-        c.labels.update(int(l) for l in labels.tolist() if l >= 0)
+        c.labels.update(int(label) for label in labels.tolist() if label >= 0)
         if self.record_keys:
             c.keys.extend(keys)
             c.ids.extend(ids.tolist())
         return StreamBatch(views.permute(1, 0, 4, 2, 3), ids, keys, labels)
-
-
-# --------------------------------------------------------------------------- choosing the mode
-
-
-def decoded_bytes_per_sample(image_size: int, channels: int) -> int:
-    """What one sample costs in the in-memory cache: a uint8 ``image_size`` square."""
-    return image_size * image_size * channels
-
-
-def choose_cache(mode: str, samples: int, image_size: int, channels: int, budget_gb: float) -> tuple[str, str]:
-    """(``memory`` | ``stream``, why): ``auto`` keeps the pool in memory only when it fits the budget."""
-    need = samples * decoded_bytes_per_sample(image_size, channels)
-    sized = f"the decoded pool, {samples} x {image_size}x{image_size}x{channels} B = {need / 2**30:.3g} GiB,"
-    if mode != "auto":
-        return mode, f"data.cache={mode} as configured ({sized} not checked against a budget)"
-    if need <= budget_gb * 2**30:
-        return "memory", f"data.cache=auto chose memory: {sized} fits data.cache_budget_gb={budget_gb:g}"
-    return "stream", f"data.cache=auto chose stream: {sized} does not fit data.cache_budget_gb={budget_gb:g}"
-
-
-def shard_keep_list(pool: ShardPool, keys: Sequence[str], shards: Sequence[int]) -> dict[int, list[str]]:
-    """A keep-list (key + shard index per kept sample) as shard index -> kept keys."""
-    out: dict[int, list[str]] = {i: [] for i in range(len(pool.shards))}
-    for key, shard in zip(keys, shards):
-        out[int(shard)].append(str(key))
-    return out
-
-
-def crc(key: str) -> int:
-    """A stable 32-bit hash of a key (seeds per-sample draws in pruning rounds)."""
-    return zlib.crc32(key.encode())

@@ -73,7 +73,7 @@ def allocate(counts: np.ndarray, n: int) -> np.ndarray:
     return alloc
 
 
-def stratified_sample(keys: Sequence[str], labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+def stratified_sample(keys: Sequence[str] | np.ndarray, labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     """Indices of a seeded random sample of ``n`` labelled rows (label >= 0), stratified by class.
 
     Rows are ranked by key before drawing, so the result depends on the set, not on the order a
@@ -91,7 +91,7 @@ def stratified_sample(keys: Sequence[str], labels: np.ndarray, n: int, seed: int
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
 
 
-def random_sample(keys: Sequence[str], n: int, seed: int) -> np.ndarray:
+def random_sample(keys: Sequence[str] | np.ndarray, n: int, seed: int) -> np.ndarray:
     """Indices of a seeded random sample of ``n`` rows, whatever their labels (the pool: labels
     there are for reporting only); independent of read order, like ``stratified_sample``."""
     keys_arr = np.asarray(keys, dtype=object)
@@ -136,7 +136,7 @@ def _decode_selected(batch: dict[str, np.ndarray], keys: frozenset[str], size: i
 
 def selected_dataset(paths: list[str], keys: Sequence[str], cfg: RunConfig) -> Any:
     """The decoded rows of ``paths`` whose key is in ``keys`` (one Ray task per shard)."""
-    from curation.ingest import map_shards
+    from pipelines.readers import map_shards
 
     d = cfg.data
     return map_shards(paths, _decode_selected, {"keys": frozenset(str(k) for k in keys), "size": d.image_size,
@@ -213,7 +213,9 @@ def _collect(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """All rows of a monitor dataset as (uint8 NCHW images, labels), sorted by key (reproducible)."""
     import ray.train
 
-    keys, images, labels = [], [], []
+    keys: list[str] = []
+    images: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
     for batch in ray.train.get_dataset_shard(name).iter_batches(batch_size=1024, batch_format="numpy"):
         n = len(batch["image"])
         if "key" in batch:
@@ -234,19 +236,15 @@ def features(backbone: torch.nn.Module, images: torch.Tensor, cfg: RunConfig,
              views: torch.Generator | None = None) -> np.ndarray:
     """Backbone features of uint8 NCHW ``images``: the evaluation view (resize + normalise), or,
     with a generator, one augmented view per image drawn with the training recipe."""
-    from pipelines.device import module_device
+    from pipelines.embedding import backbone_features
     from pipelines.models import view_recipe
     from ssl_models.augment import RENDERERS, normalize_batch
 
     recipe = view_recipe(cfg)
     render = RENDERERS[cfg.augment.renderer]
-    device = module_device(backbone)
-    out = []
-    for i in range(0, len(images), 512):
-        x = images[i : i + 512].to(device)
-        x = render(x, recipe, views) if views is not None else normalize_batch(x, recipe)
-        out.append(backbone(x).float().cpu())
-    return torch.cat(out).numpy()
+    if views is not None:
+        return backbone_features(backbone, images, lambda x: render(x, recipe, views)).numpy()
+    return backbone_features(backbone, images, lambda x: normalize_batch(x, recipe)).numpy()
 
 
 @torch.no_grad()
@@ -334,13 +332,16 @@ class OnlineMonitor:
 
         ev = self.cfg.eval
         protocol = KnnProtocol(ev.knn_k, ev.knn_temperature, "online")
-        acc = knn_accuracy(features(backbone, self.bank[0], self.cfg), self.bank[1].numpy(),
-                           features(backbone, self.queries[0], self.cfg), self.queries[1].numpy(), protocol)
-        return {"knn_top1": float(acc), "monitor_query_classes": int(torch.unique(self.queries[1]).numel())}
+        bank, queries = self.bank, self.queries
+        assert bank is not None and queries is not None, "called only when has_knn"
+        acc = knn_accuracy(features(backbone, bank[0], self.cfg), bank[1].numpy(),
+                           features(backbone, queries[0], self.cfg), queries[1].numpy(), protocol)
+        return {"knn_top1": float(acc), "monitor_query_classes": int(torch.unique(queries[1]).numel())}
 
     def _label_free(self, backbone: torch.nn.Module, epoch: int) -> dict[str, float]:
         from pipelines.console import say
 
+        assert self.pool is not None, "called only when has_pool"
         metrics = label_free_on_images(backbone, self.pool, self.cfg)
         threshold = self.cfg.train.collapse_std_threshold
         if math.isfinite(metrics["feature_std"]) and metrics["feature_std"] < threshold:

@@ -563,7 +563,7 @@ def plan_feed(cfg: RunConfig, data: "ray.data.Dataset | ShardPool") -> tuple[str
     """(feed mode, the dataset Ray Train splits for the memory feed): ``data.cache`` resolved against the
     pool, said once, and the pool-size check made before any worker starts."""
     from curation.errors import InputError
-    from curation.ingest import read_decoded
+    from pipelines.readers import read_decoded
 
     if not isinstance(data, ShardPool):  # already decoded rows (tests, sweeps, benches): the memory feed
         if cfg.data.cache == "stream":

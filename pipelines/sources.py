@@ -33,7 +33,7 @@ from curation.ingest import IGNORED_REASONS as SHARD_DIR_IGNORED_REASONS
 from curation.ingest import expand_uris, filesystem_for, join_uri, storage_env
 from curation.planting import encode_png, plant_pool
 from curation.redact import redact, refuse_credentials
-from curation.shards import Sample, list_shards, write_shard
+from curation.shards import Sample, list_shards, write_shards
 import storage
 from pipelines.config import RayConfig, RunConfig
 from pipelines.shard_listing import FOLDER_IGNORED_REASONS
@@ -69,20 +69,9 @@ def build_demo_pool(cfg: RunConfig, out_dir: Path) -> tuple[list[str], list[str]
         Sample(f"test{i:06d}", encode_png(images[-cfg.data.demo_holdout + i]), "png", int(labels[-cfg.data.demo_holdout + i]))
         for i in range(cfg.data.demo_holdout)
     ]
-    pool_paths = _write_in_shards(pool, out_dir / "shards", cfg.data.shard_size)
-    eval_paths = _write_in_shards(held_out, out_dir / "eval", cfg.data.shard_size)
+    pool_paths = write_shards(pool, out_dir / "shards", cfg.data.shard_size, keep_existing=True)
+    eval_paths = write_shards(held_out, out_dir / "eval", cfg.data.shard_size, keep_existing=True)
     return pool_paths, eval_paths
-
-
-def _write_in_shards(samples: list[Sample], dest: Path, shard_size: int, prefix: str = "shard") -> list[str]:
-    ordered = sorted(samples, key=lambda s: s.key)
-    paths = []
-    for start in range(0, len(ordered), shard_size):
-        path = dest / f"{prefix}-{start // shard_size:06d}.tar"
-        if not path.exists():  # written atomically: existing means complete
-            write_shard(ordered[start : start + shard_size], path)
-        paths.append(str(path))
-    return paths
 
 
 def list_image_folder(src: Path, limit: int = 0) -> list[tuple[Path, int, str]]:

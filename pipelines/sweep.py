@@ -586,7 +586,7 @@ def _concurrency(cfg: RunConfig, spec: SweepSpec) -> int:
 def _datasets(cfg: RunConfig) -> tuple[Any, Any]:
     """Pool + curation once (resumable), then the curated train set and the monitor's sets (pipelines/monitor.py:
     a sample of the labelled evaluation set, a pool sample for label-free metrics), materialised once."""
-    from curation.ingest import read_decoded
+    from pipelines.readers import read_decoded
     from pipelines.monitor import monitor_sets_for_run
     from pipelines.run import RunDir, run_pipeline
 

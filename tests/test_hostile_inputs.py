@@ -34,7 +34,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from curation.ingest import iter_samples, read_shards
+from curation.ingest import iter_samples
+from pipelines.readers import read_shards
 from curation.image_checks import inspect_batch
 from curation.manifest import check_conservation
 from curation.validate import ValidationRules

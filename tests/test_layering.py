@@ -1,7 +1,8 @@
 """The import contract of README's layout table, checked on the source (no imports run).
 
 ``ssl_models`` is torch only (no Ray, no sslpipe package); ``storage`` sits below everything and
-imports no sslpipe package nor Ray; ``curation`` never imports ``pipelines``. A module-level or
+imports no sslpipe package nor Ray; ``curation`` (numpy/faiss/torch algorithms) never imports ``pipelines`` nor Ray:
+the Ray Data readers and stages live in ``pipelines`` (``pipelines.readers``, ``pipelines.embedding``). A module-level or
 function-level import both count: a lazy import still ties the layers together.
 """
 
@@ -17,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 FORBIDDEN = {
     "ssl_models": {"ray", "curation", "pipelines", "storage"},
     "storage": {"ray", "curation", "pipelines", "ssl_models", "torch"},
-    "curation": {"pipelines"},
+    "curation": {"pipelines", "ray"},
 }
 
 

@@ -38,6 +38,13 @@ class ISogCLR(SSLMethod):
 
     num_views = 2
 
+    # buffers (registered in __init__)
+    tau: Tensor
+    tau_m: Tensor
+    log_u: Tensor
+    shared_tau: Tensor
+    shared_m: Tensor
+
     def __init__(
         self,
         backbone: nn.Module,

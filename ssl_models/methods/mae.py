@@ -16,9 +16,9 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ssl_models.losses.mae import mae_loss
-from ssl_models.methods._vit_common import Decoder, random_masking, resolve_vit
+from ssl_models.methods._vit_common import Decoder, encode_visible, gather_tokens, resolve_vit
 from ssl_models.methods.base import SSLMethod
-from ssl_models.vit import grid_coords, sincos_embed
+from ssl_models.vit import VisionTransformer
 
 
 class MAE(SSLMethod):
@@ -26,6 +26,7 @@ class MAE(SSLMethod):
 
     needs_vit = True
     num_views = 1
+    backbone: VisionTransformer
 
     def __init__(
         self,
@@ -54,26 +55,18 @@ class MAE(SSLMethod):
         self.feature_dim = encoder.embed_dim
         self.mask_ratio, self.norm_pix = mask_ratio, norm_pix
         p = encoder.patch_size
-        self.decoder = Decoder(encoder.embed_dim, decoder_dim, decoder_depth, decoder_heads, p * p * encoder.in_chans)
-        ys, xs = grid_coords(encoder.grid)
-        self.register_buffer("dec_pos", sincos_embed(ys, xs, decoder_dim)[None], persistent=False)
+        self.decoder = Decoder(encoder.embed_dim, decoder_dim, decoder_depth, decoder_heads, p * p * encoder.in_chans,
+                               encoder.grid)
 
     def forward(self, views: list[Tensor]) -> tuple[Tensor, dict[str, float]]:
         self.check_views(views)
         x = views[0]
-        enc = self.backbone
-        keep, mask = random_masking(x.shape[0], enc.num_patches, self.mask_ratio, x.device)
-        tokens = enc.forward_tokens(x, keep)[:, 1:]  # drop CLS: the decoder reconstructs patches
-        dec = self.decoder
-        pos = self.dec_pos.expand(x.shape[0], -1, -1)
+        enc, dec = self.backbone, self.decoder
+        ctx, keep, mask = encode_visible(enc, dec, x, self.mask_ratio)
         hidden = (~mask).float().argsort(dim=1, stable=True)[:, : enc.num_patches - keep.shape[1]]  # masked ids first
-
-        def at(t: Tensor, idx: Tensor) -> Tensor:
-            return t.gather(1, idx[..., None].expand(-1, -1, t.shape[-1]))
-
         # as in the paper the decoder sees L tokens: encoded visible ones + a mask token per hidden patch
-        ctx = dec.embed(tokens) + at(pos, keep).to(tokens.dtype)
-        queries = dec.mask_token.to(ctx.dtype) + at(pos, hidden).to(ctx.dtype)
+        pos = dec.pos.expand(x.shape[0], -1, -1)
+        queries = dec.mask_token.to(ctx.dtype) + gather_tokens(pos, hidden).to(ctx.dtype)
         pred_hidden = dec(ctx, queries)
         pred = pred_hidden.new_zeros(x.shape[0], enc.num_patches, pred_hidden.shape[-1])
         pred = pred.scatter(1, hidden[..., None].expand(-1, -1, pred.shape[-1]), pred_hidden)

@@ -45,6 +45,9 @@ class MoCoV2(SSLMethod):
 
     num_views = 2
 
+    queue: Tensor  # [queue_size, proj_dim] buffer
+    queue_ptr: Tensor  # 0-d long buffer
+
     def __init__(
         self,
         backbone: nn.Module,

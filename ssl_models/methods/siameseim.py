@@ -43,6 +43,7 @@ Like MAE, a non-ViT ``backbone`` is ignored and a ViT is built from the kwargs.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -52,9 +53,9 @@ from ssl_models.ema import cosine_momentum, ema_update, make_teacher
 from ssl_models.losses.byol import negative_cosine
 from ssl_models.losses.mae import mae_loss
 from ssl_models.losses.unigrad import unigrad_loss
-from ssl_models.methods._vit_common import Decoder, random_masking, resolve_vit
+from ssl_models.methods._vit_common import Decoder, encode_visible, resolve_vit
 from ssl_models.methods.base import SSLMethod
-from ssl_models.vit import grid_coords, sincos_embed
+from ssl_models.vit import VisionTransformer, grid_coords, sincos_embed
 
 
 def sample_boxes(n: int, scale: tuple[float, float], gen: torch.Generator | None = None) -> Tensor:
@@ -110,6 +111,8 @@ class SiameseIM(SSLMethod):
 
     needs_vit = True
     num_views = 2
+    backbone: VisionTransformer
+    target_encoder: VisionTransformer  # the EMA copy of ``backbone``
 
     def __init__(
         self,
@@ -145,10 +148,11 @@ class SiameseIM(SSLMethod):
         )
         self.backbone = encoder
         self.feature_dim = encoder.embed_dim
-        self.target_encoder = make_teacher(encoder)
-        self.mask_ratio, self.crop_scale, self.base_momentum = mask_ratio, tuple(crop_scale), base_momentum
+        self.target_encoder = cast(VisionTransformer, make_teacher(encoder))  # a deep copy of ``encoder``
+        self.mask_ratio, self.base_momentum = mask_ratio, base_momentum
+        self.crop_scale: tuple[float, float] = (crop_scale[0], crop_scale[1])
         self.loss_name, self.neg_weight, self.pixel_weight = loss, neg_weight, pixel_weight
-        self.decoder = Decoder(encoder.embed_dim, decoder_dim, decoder_depth, decoder_heads, encoder.embed_dim)
+        self.decoder = Decoder(encoder.embed_dim, decoder_dim, decoder_depth, decoder_heads, encoder.embed_dim, encoder.grid)
         self.scale_embed = nn.Linear(2, decoder_dim)
         self.pixel_head = nn.Linear(encoder.embed_dim, encoder.patch_size ** 2 * encoder.in_chans)
         self.decoder_dim = decoder_dim
@@ -166,12 +170,7 @@ class SiameseIM(SSLMethod):
             target = self.target_encoder.forward_tokens(c2)[:, 1:]
             target = F.layer_norm(target.float(), target.shape[-1:])
 
-        keep, _ = random_masking(n, enc.num_patches, self.mask_ratio, c1.device)
-        tokens = enc.forward_tokens(c1, keep)[:, 1:]
-        ys, xs = grid_coords(enc.grid, c1.device)
-        own_pos = sincos_embed(ys, xs, self.decoder_dim)[None].expand(n, -1, -1)
-        own_pos = own_pos.gather(1, keep[..., None].expand(-1, -1, self.decoder_dim))
-        ctx = self.decoder.embed(tokens) + own_pos.to(tokens.dtype)
+        ctx, _, _ = encode_visible(enc, self.decoder, c1, self.mask_ratio)
         rows, cols, log_scale = relative_coords(box1.float(), box2.float(), enc.grid)
         queries = (
             self.decoder.mask_token + sincos_embed(rows, cols, self.decoder_dim) + self.scale_embed(log_scale)[:, None, :]

@@ -14,7 +14,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from curation.ingest import expand_uris, open_input_file, read_shards
+from curation.ingest import expand_uris, open_input_file
+from pipelines.readers import read_shards
 from pipelines.sources import shard_source
 from tests.ingest.helpers import write_digit_folder
 

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from curation.errors import InputError
-from curation.ingest import expand_uris, iter_samples, read_decoded, read_parquet_images, read_shards
+from curation.ingest import expand_uris, iter_samples
+from pipelines.readers import read_decoded, read_parquet_images, read_shards
 from curation.shards import expand_braces, iter_tar_samples, list_shards
 from pipelines.cli import main as cli_main
 from pipelines.sources import shard_source

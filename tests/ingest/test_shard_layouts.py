@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from curation.ingest import expand_uris, read_shards
+from curation.ingest import expand_uris
+from pipelines.readers import read_shards
 from curation.planting import encode_png
 from curation.shards import iter_tar_samples, list_shards
 from pipelines.cli import main as cli_main
