@@ -3,7 +3,6 @@ locally or in object storage (the sweep file's ``storage_path``)."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import storage
@@ -40,21 +39,9 @@ def experiment_path(cfg: RunConfig, spec: SweepSpec) -> str:
 
 def remove_experiment(exp_path: str) -> None:
     """Delete Tune's experiment folder, local or in object storage (for --overwrite)."""
-    import pyarrow.fs as pafs
-
-    if "://" not in exp_path:
-        shutil.rmtree(exp_path, ignore_errors=True)
-        return
-    fs, root = pafs.FileSystem.from_uri(exp_path)
-    if fs.get_file_info(root).type != pafs.FileType.NotFound:
-        fs.delete_dir(root)
+    storage.delete(exp_path)
 
 
 def upload_result(local: Path, uri_dir: str) -> None:
     """Copy a result file next to the Tune experiment when that lives in object storage."""
-    import pyarrow.fs as pafs
-
-    fs, root = pafs.FileSystem.from_uri(uri_dir)
-    fs.create_dir(root, recursive=True)
-    with fs.open_output_stream(f"{root.rstrip('/')}/{local.name}") as out:
-        out.write(local.read_bytes())
+    storage.put_file(local, storage.join(uri_dir, local.name))

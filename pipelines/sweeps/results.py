@@ -11,7 +11,6 @@ from typing import Any
 import yaml
 
 import storage
-from pipelines.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic
 from pipelines.config import RunConfig, config_to_dict
 from pipelines.sweeps.locations import storage_root, sweep_dir, upload_result
 from pipelines.sweeps.report import build_sweep_report, finite
@@ -51,7 +50,7 @@ def _curve(result: Any) -> list[dict[str, Any]]:
 def trial_rows(cfg: RunConfig, spec: SweepSpec, grid: Any) -> list[dict[str, Any]]:
     """One row per trial: its params, last/best kNN, epochs run, how it ended, how often it was started."""
     sdir = sweep_dir(cfg, spec)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for result in grid:
         params = {k: (result.config or {}).get(k) for k in spec.search}
         curve = _curve(result)
@@ -92,20 +91,20 @@ def write_results(cfg: RunConfig, spec: SweepSpec, grid: Any) -> SweepResult:
     table = pa.Table.from_pylist(rows)
     buf = pa.BufferOutputStream()
     pq.write_table(table, buf)
-    table_path = write_bytes_atomic(buf.getvalue().to_pybytes(), sdir / "trials.parquet")
+    table_path = Path(storage.write_bytes(sdir / "trials.parquet", buf.getvalue().to_pybytes()))
     best_cfg = trial_config(cfg, {k: best[k] for k in spec.search})
     best_dict = config_to_dict(best_cfg)
     best_dict["run_dir"] = str(sdir / "best_run")
     header = (f"# best trial {best['trial_id']} of sweep '{spec.name}': {METRIC_NAMES[spec.metric]} "
               f"{best[spec.metric]:.4f}\n"
               f"# searched: {', '.join(f'{k}={best[k]}' for k in spec.search)}\n# run it: sslpipe run THIS_FILE\n")
-    best_path = write_text_atomic(header + yaml.safe_dump(best_dict, sort_keys=False), sdir / "best_config.yaml")
+    best_path = Path(storage.write_text(sdir / "best_config.yaml", header + yaml.safe_dump(best_dict, sort_keys=False)))
     summary = {"name": spec.name, "metric": spec.metric, "scheduler": spec.scheduler.name, "best": {
         k: v for k, v in best.items() if k != "curve"}, "trials": len(rows),
         "stopped_early": sum(r["status"] == "stopped_early" for r in rows),
         "errors": sum(r["status"] == "error" for r in rows)}
-    write_json_atomic(summary, sdir / "summary.json")
-    report_path = write_text_atomic(build_sweep_report(spec, rows, best), sdir / "report.html")
+    storage.write_json(sdir / "summary.json", summary)
+    report_path = Path(storage.write_text(sdir / "report.html", build_sweep_report(spec, rows, best)))
     root = storage_root(cfg, spec)
     if storage.is_uri(root):
         for p in (table_path, best_path, report_path, sdir / "summary.json"):
