@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from pipelines.sweeps.driver import run_sweep, trial_cpus
-from pipelines.sweeps.locations import experiment_path, storage_root, sweep_dir
+from pipelines.sweeps.locations import check_sweep_locations, experiment_path, storage_root, sweep_dir
 from pipelines.sweeps.report import build_sweep_report, format_table, knn_vs_param_plot, learning_curves_plot
 from pipelines.sweeps.results import CURVE_KEYS, SweepResult, trial_rows, write_results
 from pipelines.sweeps.space import (DOMAIN_KINDS, METRIC_NAMES, RANKABLE_METRICS, REFUSED_METRICS, SCHEDULERS, Domain,
@@ -22,7 +22,7 @@ from pipelines.sweeps.trial import sweep_trial
 
 __all__ = [
     "CURVE_KEYS", "DOMAIN_KINDS", "METRIC_NAMES", "RANKABLE_METRICS", "REFUSED_METRICS", "SCHEDULERS", "Domain",
-    "SchedulerSpec", "SweepResult", "SweepSpec", "add_sweep_parser", "build_sweep_report",
+    "SchedulerSpec", "SweepResult", "SweepSpec", "add_sweep_parser", "build_sweep_report", "check_sweep_locations",
     "experiment_path", "format_table", "knn_vs_param_plot", "learning_curves_plot", "load_search_space", "main",
     "parse_search_space", "run_sweep", "run_sweep_cli", "storage_root", "sweep_dir", "sweep_trial", "trial_config",
     "trial_cpus", "trial_rows", "write_results",

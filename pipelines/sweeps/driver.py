@@ -8,7 +8,7 @@ from typing import Any
 
 from curation.errors import InputError
 from pipelines.config import RunConfig, config_to_dict
-from pipelines.sweeps.locations import experiment_path, remove_experiment, storage_root, sweep_dir
+from pipelines.sweeps.locations import check_sweep_locations, experiment_path, remove_experiment, storage_root, sweep_dir
 from pipelines.sweeps.results import SweepResult, write_results
 from pipelines.sweeps.space import SweepSpec, trial_config
 from pipelines.sweeps.trial import sweep_trial
@@ -108,6 +108,7 @@ def run_sweep(cfg: RunConfig, spec: SweepSpec, *, resume: bool = False, overwrit
     """Run (or resume) the sweep; write trials.parquet, best_config.yaml and report.html in the sweep folder."""
     from pipelines.ray_runtime import ensure_ray
 
+    check_sweep_locations(cfg, spec)
     sdir = sweep_dir(cfg, spec)
     if overwrite:
         shutil.rmtree(sdir, ignore_errors=True)

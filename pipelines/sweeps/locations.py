@@ -24,6 +24,20 @@ def sweep_dir(cfg: RunConfig, spec: SweepSpec) -> Path:
     return (Path(cfg.run_dir) / "sweeps" / spec.name).resolve()
 
 
+def check_sweep_locations(cfg: RunConfig, spec: SweepSpec) -> None:
+    """Before Ray starts or anything is deleted: no credentials inside any location (the command line may have
+    overridden the base since load), and a bucket ``storage_path`` that can be written. Each failure is one
+    InputError line naming the location masked and the fix, as ``sslpipe run`` does for its locations."""
+    locations = (("data.source", cfg.data.source), ("eval.bank_source", cfg.eval.bank_source),
+                 ("eval.query_source", cfg.eval.query_source), ("run_dir", cfg.run_dir),
+                 ("storage_path", spec.storage_path))
+    for _, location in locations:
+        if location:
+            storage.refuse_credentials(str(location))
+    if spec.storage_path and storage.is_uri(spec.storage_path):
+        storage.check_writable(spec.storage_path, "storage_path")
+
+
 def storage_root(cfg: RunConfig, spec: SweepSpec) -> str:
     """Tune's storage_path: the spec's (local or cloud uri), else RUN_DIR/sweeps/NAME/tune."""
     if spec.storage_path:

@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import yaml
 
+import storage
 from pipelines.config import ConfigError, RunConfig, apply_overrides, config_from_dict, config_to_dict, read_yaml_file, set_dotted
 
 
@@ -229,7 +230,22 @@ def parse_search_space(data: dict[str, Any], base_dir: Path, overrides: list[str
         raise _fail("name", f"got {name!r}", "use a plain folder name")
     return SweepSpec(base=base, search=search, scheduler=_parse_scheduler(data.get("scheduler"), search, base),
                      num_samples=num_samples, max_concurrent=max_concurrent, metric=metric, mode=mode, name=name,
-                     storage_path=data.get("storage_path"), source=source)
+                     storage_path=_storage_path(data.get("storage_path")), source=source)
+
+
+def _storage_path(raw: Any) -> Optional[str]:
+    """``storage_path:`` as given, checked at load: a non-empty string without credentials in it (Tune copies
+    it into its experiment state and logs; the message shows it masked)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not raw.strip():
+        raise _fail("storage_path", f"got {raw!r}", "give a local folder or a bucket uri such as s3://bucket/sweeps")
+    if storage.has_credentials(raw):
+        raise _fail("storage_path", f"credentials inside the uri {storage.redact(raw)} are refused (they would be "
+                    "copied into Tune's experiment state and logs)", "give them by environment instead: "
+                    "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL_S3 for MinIO or other "
+                    "S3-compatible stores), or GOOGLE_APPLICATION_CREDENTIALS")
+    return raw
 
 
 def _choose_metric(raw: Any, base: RunConfig) -> str:
