@@ -125,6 +125,31 @@ def test_report_is_self_contained_with_both_plots() -> None:
     assert "src=\"http" not in page and "<link" not in page
 
 
+SECRET = "wJalrXUtnFEMI0K7MDENG0bPxRfiCYSECRET"
+
+
+@pytest.mark.parametrize("storage_path", [f"s3://AKIAIOSFODNN7EXAMPLE:{SECRET}@sweep-bucket/sweeps",
+                                          f"s3://sweep-bucket/sweeps?access_key=AKIAIOSFODNN7EXAMPLE&secret_key={SECRET}",
+                                          f"minio://AKIAIOSFODNN7EXAMPLE:{SECRET}@127.0.0.1:9/sweeps"])
+def test_sweep_main_prints_one_masked_line_for_a_credential_in_a_uri(tmp_path: Path, storage_path: str) -> None:
+    """``python -m pipelines.sweep`` goes through the CLI's user-message path: a bad storage_path is one line
+    naming the setting, the secret masked, exit code 2; no traceback, nothing started."""
+    sweep_file = tmp_path / "creds_sweep.yaml"
+    sweep_file.write_text(yaml.safe_dump({
+        "base": str(REPO / "configs" / "demo.yaml"), "storage_path": storage_path, "metric": "rankme",
+        "search": {"method.temperature": {"grid": [0.1, 0.2]}}}))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "pipelines.sweep", str(sweep_file), f"run_dir={tmp_path / 'run'}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert SECRET not in out, out
+    assert proc.returncode == 2, out
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sslpipe: error:"), out
+    assert "storage_path" in lines[0] and "***" in lines[0] and "AWS_SECRET_ACCESS_KEY" in lines[0], out
+    assert not (tmp_path / "run").exists()  # refused at load: no run or sweep folder made
+
+
 # --------------------------------------------------------------------------- real sweeps (Ray Tune + Train)
 
 SMALL = [
