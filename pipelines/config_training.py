@@ -107,7 +107,7 @@ class TrainConfig:
     #: schedule spans them and the last epoch may end part-way
     max_steps: int = 0
     #: also checkpoint every this many optimizer steps inside an epoch (0 = only at epoch ends);
-    #: a resumed run continues the interrupted epoch at its step (see pipelines/pretrain.py)
+    #: a resumed run continues the interrupted epoch at its step (see pipelines/train_loop.py)
     checkpoint_every_steps: int = 0
     #: write the keys (stream mode) and sample ids each worker trained on, per epoch, to
     #: ``run_dir/seen_keys/epoch_NNNNNN_rank_R.parquet``: an audit of what every epoch read
