@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/sslpipe demo
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(PY) -m pytest -v --durations=15 tests
 
 # ruff (pycodestyle, pyflakes, bugbear) and mypy over the product packages; settings in pyproject.toml

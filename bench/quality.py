@@ -57,7 +57,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
 from pipelines.allocator import allocator_in_use, resolve_allocator, run_under  # noqa: E402
-from pipelines.config import RunConfig, load_config  # noqa: E402
+from pipelines.config import PipelineConfig, load_config  # noqa: E402
 from pipelines.evaluation.knn import LIGHTLY_CIFAR10, knn_accuracy  # noqa: E402
 from pipelines.sources import list_image_folder  # noqa: E402
 
@@ -241,7 +241,7 @@ def run_lightly(root: Path, train_items, args, bank, queries) -> dict:
 # --------------------------------------------------------------------------- (b) sslpipe
 
 
-def sslpipe_config(run_dir: Path, args, extra: tuple[str, ...] | list[str] = ()) -> RunConfig:
+def sslpipe_config(run_dir: Path, args, extra: tuple[str, ...] | list[str] = ()) -> PipelineConfig:
     """configs/cifar10.yaml with every recipe key set explicitly (the file may drift; this run may not);
     ``extra`` overrides come last (the like-for-like row's)."""
     cores = os.cpu_count() or 2

@@ -19,7 +19,7 @@ import os
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator
+from typing import IO, Any, Iterable, Iterator, cast
 
 from curation.errors import InputError
 
@@ -446,7 +446,8 @@ def open_decompressed(raw: IO[bytes], compression: str) -> IO[bytes]:
                "xz": lambda f: lzma.LZMAFile(f, "rb")}
     if compression not in openers:
         raise ValueError(f"unknown tar compression {compression!r}; expected one of {', '.join(openers)}")
-    return openers[compression](raw)
+    # the three readers are binary file objects; their stubs type them as their own stream classes
+    return cast(IO[bytes], openers[compression](raw))
 
 
 #: suffixes of the tar shards a directory may hold (plain, or compressed as a whole)

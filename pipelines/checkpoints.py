@@ -27,7 +27,7 @@ from pipelines import export_loader
 from pipelines.config import (
     METHOD_KEYS,
     ConfigError,
-    RunConfig,
+    PipelineConfig,
     config_from_dict,
     upgrade_stored_config,
 )
@@ -41,7 +41,7 @@ EXPORT_FORMAT = export_loader.FORMAT
 log = logging.getLogger("sslpipe.checkpoints")
 
 
-def load_checkpoint(path: str | Path) -> tuple[RunConfig, dict[str, Any]]:
+def load_checkpoint(path: str | Path) -> tuple[PipelineConfig, dict[str, Any]]:
     """(config, state) of an sslpipe checkpoint, local or in object storage; a clear InputError for anything else."""
     if not storage.is_file(path):
         raise InputError(f"checkpoint not found: {path} (pass the checkpoint.pt of a run directory)")
@@ -79,7 +79,7 @@ def _without_ignored_method_keys(config: Any) -> Any:
     return {**config, "method": {k: v for k, v in method.items() if k not in ignored}}
 
 
-def load_backbone_from_checkpoint(path: str | Path) -> tuple[RunConfig, torch.nn.Module]:
+def load_backbone_from_checkpoint(path: str | Path) -> tuple[PipelineConfig, torch.nn.Module]:
     cfg, state = load_checkpoint(path)
     method = build_method_from_config(cfg)
     try:
@@ -90,7 +90,7 @@ def load_backbone_from_checkpoint(path: str | Path) -> tuple[RunConfig, torch.nn
     return cfg, method.backbone
 
 
-def architecture_record(cfg: RunConfig, backbone: torch.nn.Module) -> dict[str, Any]:
+def architecture_record(cfg: PipelineConfig, backbone: torch.nn.Module) -> dict[str, Any]:
     """What ``export_loader.build_backbone`` needs to rebuild ``backbone``, read off the module itself (so
     MAE's ViT-for-a-CNN-name and every stem change are recorded as trained), plus sslpipe's input view."""
     if isinstance(backbone, torchvision.models.ResNet):
@@ -130,7 +130,7 @@ def architecture_record(cfg: RunConfig, backbone: torch.nn.Module) -> dict[str, 
     }
 
 
-def _feature_dim(cfg: RunConfig, backbone: torch.nn.Module) -> int:
+def _feature_dim(cfg: PipelineConfig, backbone: torch.nn.Module) -> int:
     """Width of the backbone's feature vector, from one forward pass of a blank image."""
     with torch.no_grad():
         was = backbone.training
@@ -176,7 +176,7 @@ def export_backbone(checkpoint: str | Path, out: str | Path) -> Path | str:
     return out
 
 
-def _export_to_uri(cfg: RunConfig, backbone: torch.nn.Module, out: str) -> str:
+def _export_to_uri(cfg: PipelineConfig, backbone: torch.nn.Module, out: str) -> str:
     """The export folder in object storage: written locally, then each file uploaded atomically."""
     foreign = sorted(set(storage.list_dir(out)) - set(EXPORT_FILES))
     if foreign:
@@ -189,7 +189,7 @@ def _export_to_uri(cfg: RunConfig, backbone: torch.nn.Module, out: str) -> str:
     return out
 
 
-def _write_export(cfg: RunConfig, backbone: torch.nn.Module, folder: Path) -> None:
+def _write_export(cfg: PipelineConfig, backbone: torch.nn.Module, folder: Path) -> None:
     """The three export files into the local folder ``folder``."""
     from safetensors.torch import save_file
 

@@ -33,14 +33,10 @@ from pipelines.config_schema import (
 )
 from pipelines.config_training import AugmentConfig, BackboneConfig, DynamicConfig, TrainConfig
 
-#: the earlier name of PipelineConfig, kept while modules still spell it so; it collides with Ray's
-#: ``RunConfig`` (``ray.train.RunConfig``, ``ray.tune.RunConfig``), so new code says PipelineConfig
-RunConfig = PipelineConfig
-
 __all__ = [
     "DEFAULT_FEW_SHOT_TRIES", "DERIVED_METHOD_ARGS", "MASKED_IMAGE_METHODS", "METHOD_KEYS", "REPLACED_KEYS",
     "_METHOD_RULES", "AugmentConfig", "BackboneConfig", "ConfigError", "CurateConfig", "DataConfig", "DynamicConfig",
-    "EvalConfig", "MethodConfig", "PipelineConfig", "PoolConfig", "RayConfig", "RunConfig", "TrainConfig",
+    "EvalConfig", "MethodConfig", "PipelineConfig", "PoolConfig", "RayConfig", "TrainConfig",
     "apply_overrides", "config_from_dict", "config_to_dict", "load_config", "load_yaml", "parse_override",
     "read_yaml_file", "set_dotted", "upgrade_stored_config",
 ]

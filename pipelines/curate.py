@@ -27,6 +27,7 @@ from curation.image_checks import inspect_batch
 from curation.manifest import MANIFEST_SCHEMA, check_conservation, reason_counts, write_table_atomic
 from curation.shards import Sample, list_shards, write_tar_stream
 from curation.validate import ValidationRules
+from curation.decode import Intensity
 from pipelines.atomic import write_json_atomic
 from pipelines.config import CurateConfig
 from pipelines.readers import map_shards
@@ -117,7 +118,7 @@ def _keep_keys(batch: dict[str, np.ndarray], keys: frozenset[str]) -> dict[str, 
 
 
 def _embeddings(paths: list[str], keys: list[str], out_dir: str, cfg: CurateConfig,
-                factory: Callable[[], Any], intensity: str = "full_range") -> np.ndarray:
+                factory: Callable[[], Any], intensity: Intensity = "full_range") -> np.ndarray:
     """Embeddings of ``keys`` (in that order), from ``out_dir/embeddings.npy`` when it matches, else computed
     on a Ray Data actor pool and saved, so re-clustering with other parameters never re-embeds."""
     cache, cache_keys = storage.join(out_dir, "embeddings.npy"), storage.join(out_dir, "embedding_keys.json")
@@ -141,7 +142,7 @@ def _embeddings(paths: list[str], keys: list[str], out_dir: str, cfg: CurateConf
 
 
 def semantic_stages(manifest: pa.Table, paths: list[str], out_dir: str, cfg: CurateConfig,
-                    factory: Callable[[], Any], seed: int, intensity: str = "full_range"
+                    factory: Callable[[], Any], seed: int, intensity: Intensity = "full_range"
                     ) -> tuple[pa.Table, dict[str, Any]]:
     """SemDeDup, then hierarchical k-means + balanced sampling, on the samples still kept."""
     from curation.balanced import balanced_sample
@@ -167,6 +168,7 @@ def semantic_stages(manifest: pa.Table, paths: list[str], out_dir: str, cfg: Cur
     if cfg.semdedup_clusters > 0:
         k = min(cfg.semdedup_clusters, max(1, len(candidates) // 2))
         dup = semdedup(emb, k, cfg.semdedup_eps, seed, [keys[i] for i in candidates], mode=cfg.semdedup_mode)
+        assert isinstance(dup, np.ndarray)  # without return_assignments: the duplicate-of array alone
         for local in np.flatnonzero(dup >= 0):
             i = candidates[local]
             reasons[i], dup_of[i] = "semantic_dup", keys[candidates[dup[local]]]
@@ -255,7 +257,7 @@ def curate(
     *,
     embedder_factory: Callable[[], Any] | None = None,
     seed: int = 0,
-    intensity: str = "full_range",
+    intensity: Intensity = "full_range",
 ) -> CurationResult:
     """Run both passes; returns where the manifest, summary and curated shards are.
 

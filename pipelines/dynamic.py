@@ -41,11 +41,12 @@ from curation.hierarchical import hierarchical_kmeans
 from curation.kmeans import assign
 from curation.levels import PRUNING_LEVELS
 from curation.metrics import normalized_entropy
+from curation.decode import Intensity
 from pipelines.embedding import backbone_features
 from ssl_models.augment import ViewRecipe, augment_batch, normalize_batch
 
 if TYPE_CHECKING:
-    from pipelines.config import RunConfig
+    from pipelines.config import PipelineConfig
     from pipelines.feed_plan import ShardPool
 
 
@@ -140,7 +141,7 @@ def _in_subset(key: str, salt: int, fraction: float) -> bool:
 
 def round_rows(batch: dict[str, np.ndarray], size: int, channels: int, shard_index: dict[str, int],
                subset: tuple[int, float] | None = None, max_pixels: int = 50_000_000,
-               intensity: str = "full_range") -> dict[str, np.ndarray]:
+               intensity: Intensity = "full_range") -> dict[str, np.ndarray]:
     """Ray Data UDF (read tasks): a shard's rows -> key, shard, label and the evaluation view."""
     from curation.decode import decode_to_array
 
@@ -207,7 +208,7 @@ class RoundEmbedder:
         return out
 
 
-def _run_round_job(cfg: "RunConfig", pool: "ShardPool", weights: Any, mode: str, *, subset: tuple[int, float] | None = None,
+def _run_round_job(cfg: "PipelineConfig", pool: "ShardPool", weights: Any, mode: str, *, subset: tuple[int, float] | None = None,
                    centroids: np.ndarray | None = None, mean: np.ndarray | None = None, seed: int = 0) -> dict[str, np.ndarray]:
     """One pass of a round over the pool (or its subset): read + decode tasks, then the embedding actors.
     Rows come back sorted by (shard, key), so the round does not depend on which task finished first."""
@@ -238,7 +239,7 @@ def _run_round_job(cfg: "RunConfig", pool: "ShardPool", weights: Any, mode: str,
     return {name: v[order] for name, v in rows.items()}
 
 
-def stream_round(cfg: "RunConfig", backbone: torch.nn.Module, pool: "ShardPool", *, epoch: int,
+def stream_round(cfg: "PipelineConfig", backbone: torch.nn.Module, pool: "ShardPool", *, epoch: int,
                  run_dir: str | None) -> StreamRound:
     """A pruning round over the whole pool as Ray Data jobs (rank 0 runs it; see the module docstring).
 

@@ -23,7 +23,7 @@ import storage
 
 from curation.errors import InputError
 from curation.shards import Sample, write_shards
-from pipelines.config import RunConfig
+from pipelines.config import PipelineConfig
 
 BANK, QUERIES = "bank", "queries"
 
@@ -40,7 +40,7 @@ class EvalSets:
         return self.bank is not None and self.queries is not None
 
 
-def resolve_eval_sets(cfg: RunConfig, pool_dir: str | Path, demo_queries: list[str] | None = None,
+def resolve_eval_sets(cfg: PipelineConfig, pool_dir: str | Path, demo_queries: list[str] | None = None,
                       pool_shards: list[str] | None = None) -> EvalSets:
     """Shards for eval.bank_source / eval.query_source (an image folder is sharded into ``pool_dir``).
 
@@ -67,7 +67,7 @@ def resolve_eval_sets(cfg: RunConfig, pool_dir: str | Path, demo_queries: list[s
     return EvalSets(None, None)
 
 
-def write_demo_bank(cfg: RunConfig, dest: str | Path) -> list[str]:
+def write_demo_bank(cfg: PipelineConfig, dest: str | Path) -> list[str]:
     """The demo's kNN bank: the clean, labelled digits the demo pool was planted from."""
     from curation.planting import encode_png
     from pipelines.sources import built_in, load_mnist_digits
@@ -113,7 +113,7 @@ def _keys_and_labels(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             "source": np.asarray(batch["source"], dtype=object)[ok]}
 
 
-def index_eval_sets(cfg: RunConfig, pool_rec: dict[str, Any]) -> dict[str, Any] | None:
+def index_eval_sets(cfg: PipelineConfig, pool_rec: dict[str, Any]) -> dict[str, Any] | None:
     """Keys and labels of the whole labelled evaluation set of a run (what the monitor samples from),
     as ``build_monitor_sets`` takes them; None without one. An evaluation set without a single label is
     refused here, which ``run_pipeline`` calls before curation and training."""

@@ -17,7 +17,7 @@ import ray.data
 import torch
 
 from pipelines.readers import read_decoded
-from pipelines.config import RunConfig
+from pipelines.config import PipelineConfig
 from pipelines.embedding import backbone_features
 from pipelines.evaluation.knn import DINO, LIGHTLY_CIFAR10, KnnProtocol, knn_accuracy
 from pipelines.models import build_method_from_config, view_recipe
@@ -51,12 +51,12 @@ def collect(ds: ray.data.Dataset, labelled_only: bool = True) -> LabelledArrays:
     return LabelledArrays(x, y, skipped)
 
 
-def load_labelled(paths: list[str], cfg: RunConfig) -> LabelledArrays:
+def load_labelled(paths: list[str], cfg: PipelineConfig) -> LabelledArrays:
     """A whole labelled evaluation set, decoded as the training feed decodes (``data.intensity``)."""
     return collect(read_decoded(paths, cfg.data.image_size, cfg.data.channels, cfg.data.intensity))
 
 
-def label_free_evaluation(cfg: RunConfig, backbone: torch.nn.Module, cur_rec: dict[str, Any]
+def label_free_evaluation(cfg: PipelineConfig, backbone: torch.nn.Module, cur_rec: dict[str, Any]
                           ) -> dict[str, Any] | None:
     """The evaluate stage's label-free figures: on the same pool sample the monitor used every epoch
     (``train.monitor_pool_samples`` curated images; 0 turns both off)."""
@@ -71,7 +71,7 @@ def label_free_evaluation(cfg: RunConfig, backbone: torch.nn.Module, cur_rec: di
     return label_free_report(cfg, backbone, images)
 
 
-def label_free_report(cfg: RunConfig, backbone: torch.nn.Module, images: np.ndarray) -> dict[str, Any]:
+def label_free_report(cfg: PipelineConfig, backbone: torch.nn.Module, images: np.ndarray) -> dict[str, Any]:
     """Label-free metrics of the pretrained encoder next to the same architecture at random
     initialisation, on ``images`` (uint8 NHWC: the pool sample the online monitor used)."""
     from pipelines.monitor import label_free_on_images
@@ -85,7 +85,7 @@ def label_free_report(cfg: RunConfig, backbone: torch.nn.Module, images: np.ndar
 
 
 @torch.no_grad()
-def embed(backbone: torch.nn.Module, images: np.ndarray, cfg: RunConfig, batch_size: int = 512) -> np.ndarray:
+def embed(backbone: torch.nn.Module, images: np.ndarray, cfg: PipelineConfig, batch_size: int = 512) -> np.ndarray:
     """Frozen features of uint8 NHWC images with the evaluation view (resize + normalise)."""
     backbone.eval()
     recipe = view_recipe(cfg)
@@ -100,7 +100,7 @@ def raw_pixels(images: np.ndarray) -> np.ndarray:
 
 
 def knn_report(
-    cfg: RunConfig, backbone: torch.nn.Module, bank: LabelledArrays, test: LabelledArrays
+    cfg: PipelineConfig, backbone: torch.nn.Module, bank: LabelledArrays, test: LabelledArrays
 ) -> dict[str, Any]:
     """kNN top-1 of raw pixels, the random-init encoder and ``backbone``, under the config's protocol."""
     ev = cfg.eval
@@ -127,7 +127,7 @@ def knn_report(
 
 
 def full_evaluation(
-    cfg: RunConfig, backbone: torch.nn.Module, bank: LabelledArrays, test: LabelledArrays, out_dir: str | Path | None = None
+    cfg: PipelineConfig, backbone: torch.nn.Module, bank: LabelledArrays, test: LabelledArrays, out_dir: str | Path | None = None
 ) -> dict[str, Any]:
     """Everything ``eval`` reports: kNN vs baselines, both named kNN protocols, linear probe,
     few-shot, per-class and head/medium/tail accuracy, robustness, and a 2-D embedding plot."""

@@ -1,4 +1,4 @@
-"""Build ssl_models objects from a RunConfig: the one place config meets torch."""
+"""Build ssl_models objects from a PipelineConfig: the one place config meets torch."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from pipelines.config import RunConfig
+from pipelines.config import PipelineConfig
 from ssl_models.augment import ViewRecipe
 from ssl_models.backbones import build_backbone
 from ssl_models.methods import METHODS, SSLMethod, build_method
@@ -19,7 +19,7 @@ log = logging.getLogger("sslpipe.models")
 DEFAULT_MIM_VIT = "vit_tiny"
 
 
-def method_kwargs(cfg: RunConfig, num_samples: int | None = None) -> dict[str, Any]:
+def method_kwargs(cfg: PipelineConfig, num_samples: int | None = None) -> dict[str, Any]:
     """The keyword arguments ``cfg`` gives the method's constructor: the ``method:`` keys it sets, plus
     what the pipeline derives (image size, channels, seed, pool size); the rest keep the method's defaults."""
     accepted = inspect.signature(METHODS[cfg.method.name]).parameters
@@ -34,7 +34,7 @@ def method_kwargs(cfg: RunConfig, num_samples: int | None = None) -> dict[str, A
     return kwargs
 
 
-def resolved_method_hparams(cfg: RunConfig, num_samples: int | None = None) -> dict[str, Any]:
+def resolved_method_hparams(cfg: PipelineConfig, num_samples: int | None = None) -> dict[str, Any]:
     """Every constructor argument of the method with the value it gets (set, derived or default)."""
     params = list(inspect.signature(METHODS[cfg.method.name]).parameters.values())[2:]  # after backbone, feature_dim
     out = {p.name: p.default for p in params}
@@ -49,7 +49,7 @@ def _needs_vit(method_name: str) -> bool:
     return isinstance(constructor, type) and issubclass(constructor, SSLMethod) and constructor.needs_vit
 
 
-def build_method_from_config(cfg: RunConfig, num_samples: int | None = None) -> SSLMethod:
+def build_method_from_config(cfg: PipelineConfig, num_samples: int | None = None) -> SSLMethod:
     """The method at its initialisation for ``cfg.seed`` (the random-init baseline uses this too).
 
     The constructor gets the ``method:`` keys the config sets and the arguments derived from other sections
@@ -82,7 +82,7 @@ def forward_takes_index(method: SSLMethod) -> bool:
     return "index" in inspect.signature(method.forward).parameters
 
 
-def view_recipe(cfg: RunConfig) -> ViewRecipe:
+def view_recipe(cfg: PipelineConfig) -> ViewRecipe:
     a = cfg.augment
     mean, std = cfg.data.normalization()
     return ViewRecipe(

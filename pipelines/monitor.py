@@ -29,9 +29,10 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+from curation.decode import Intensity
 import torch
 
-from pipelines.config import METHOD_KEYS, RunConfig
+from pipelines.config import METHOD_KEYS, PipelineConfig
 
 #: Ray Train dataset names of the monitor's sets (never split across workers)
 BANK_DS, QUERIES_DS, POOL_DS = "monitor_bank", "monitor_queries", "monitor_pool"
@@ -126,7 +127,7 @@ class MonitorSets:
 
 
 def _decode_selected(batch: dict[str, np.ndarray], keys: frozenset[str], size: int, channels: int,
-                     intensity: str) -> dict[str, np.ndarray]:
+                     intensity: Intensity) -> dict[str, np.ndarray]:
     """Ray Data UDF: keep the rows whose key was drawn, decode them like the training feed does."""
     from curation.ingest import decode_batch
 
@@ -134,7 +135,7 @@ def _decode_selected(batch: dict[str, np.ndarray], keys: frozenset[str], size: i
     return decode_batch({c: v[mask] for c, v in batch.items()}, size, channels, intensity)
 
 
-def selected_dataset(paths: list[str], keys: Sequence[str], cfg: RunConfig) -> Any:
+def selected_dataset(paths: list[str], keys: Sequence[str], cfg: PipelineConfig) -> Any:
     """The decoded rows of ``paths`` whose key is in ``keys`` (one Ray task per shard)."""
     from pipelines.readers import map_shards
 
@@ -147,7 +148,7 @@ def _shard_name(path: Any) -> str:
     return str(path).rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
 
 
-def build_monitor_sets(cfg: RunConfig, *, bank: tuple[list[str], np.ndarray, np.ndarray, np.ndarray] | None = None,
+def build_monitor_sets(cfg: PipelineConfig, *, bank: tuple[list[str], np.ndarray, np.ndarray, np.ndarray] | None = None,
                        queries: tuple[list[str], np.ndarray, np.ndarray, np.ndarray] | None = None,
                        pool: tuple[list[str], np.ndarray, np.ndarray] | None = None) -> MonitorSets:
     """Seeded random samples of the labelled sets (stratified) and of the pool, as datasets.
@@ -190,12 +191,12 @@ def pool_index(cur_rec: dict[str, Any]) -> tuple[list[str], np.ndarray, np.ndarr
     return list(cur_rec["shards"]), keys, sources
 
 
-def pool_sample_keys(cfg: RunConfig, keys: np.ndarray) -> np.ndarray:
+def pool_sample_keys(cfg: PipelineConfig, keys: np.ndarray) -> np.ndarray:
     """The keys of the pool sample the label-free metrics use, every epoch and in the evaluate stage."""
     return keys[random_sample(keys, cfg.train.monitor_pool_samples, cfg.seed + POOL_SEED_OFFSET)]
 
 
-def monitor_sets_for_run(cfg: RunConfig, pool_rec: dict[str, Any], cur_rec: dict[str, Any],
+def monitor_sets_for_run(cfg: PipelineConfig, pool_rec: dict[str, Any], cur_rec: dict[str, Any],
                          labelled: dict[str, Any] | None = None) -> MonitorSets:
     """The monitor's sets of a run: samples of its labelled evaluation set (``index_eval_sets``,
     indexed here when not given) and of its curated pool."""
@@ -232,7 +233,7 @@ def _collect(name: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def features(backbone: torch.nn.Module, images: torch.Tensor, cfg: RunConfig,
+def features(backbone: torch.nn.Module, images: torch.Tensor, cfg: PipelineConfig,
              views: torch.Generator | None = None) -> np.ndarray:
     """Backbone features of uint8 NCHW ``images``: the evaluation view (resize + normalise), or,
     with a generator, one augmented view per image drawn with the training recipe."""
@@ -248,7 +249,7 @@ def features(backbone: torch.nn.Module, images: torch.Tensor, cfg: RunConfig,
 
 
 @torch.no_grad()
-def label_free_on_images(backbone: torch.nn.Module, images: torch.Tensor, cfg: RunConfig) -> dict[str, float]:
+def label_free_on_images(backbone: torch.nn.Module, images: torch.Tensor, cfg: PipelineConfig) -> dict[str, float]:
     """RankMe, uniformity and feature std on the evaluation view of ``images``; alignment on two
     augmented views from a generator seeded the same on every call, so every epoch (and the
     evaluate stage) scores the same view pairs. Backbone features: what kNN, the probes and an
@@ -274,7 +275,7 @@ class OnlineMonitor:
     holds data and computes, the others report NaN.
     """
 
-    def __init__(self, cfg: RunConfig, rank: int, names: Sequence[str]) -> None:
+    def __init__(self, cfg: PipelineConfig, rank: int, names: Sequence[str]) -> None:
         self.cfg, self.rank = cfg, rank
         self.every = cfg.train.knn_monitor_every
         self.has_knn = BANK_DS in names and QUERIES_DS in names and self.every > 0
@@ -288,7 +289,7 @@ class OnlineMonitor:
             self.has_pool = len(self.pool) >= 2
 
     @classmethod
-    def start(cls, cfg: RunConfig, rank: int, loop_config: dict[str, Any]) -> "OnlineMonitor":
+    def start(cls, cfg: PipelineConfig, rank: int, loop_config: dict[str, Any]) -> "OnlineMonitor":
         """From the train loop's config: ``monitor_sets`` names the datasets the driver attached
         (told, not probed: Ray's in-process mode asserts on a missing dataset shard)."""
         return cls(cfg, rank, loop_config.get("monitor_sets") or ())

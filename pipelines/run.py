@@ -23,7 +23,7 @@ from typing import Any, Callable
 import yaml
 
 import storage
-from pipelines.config import RunConfig, config_to_dict
+from pipelines.config import PipelineConfig, config_to_dict
 from pipelines.console import attach_run_log
 from pipelines.ray_runtime import ensure_ray
 from storage import InputError
@@ -60,7 +60,7 @@ class RunDir:
         return any(name.endswith(".json") for name in storage.list_dir(self.join("stages")))
 
 
-def check_locations(cfg: RunConfig) -> None:
+def check_locations(cfg: PipelineConfig) -> None:
     """Refuse bad locations before anything is written or any compute is spent: credentials inside a uri,
     an object-store source that cannot be read or holds no shards, an object-store run_dir that cannot be
     written. Each failure is one InputError line naming the uri (masked) and the fix."""
@@ -77,7 +77,7 @@ def check_locations(cfg: RunConfig) -> None:
     storage.check_writable(cfg.run_dir, "run_dir")
 
 
-def prepare_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> RunDir:
+def prepare_run_dir(cfg: PipelineConfig, resume: bool, overwrite: bool) -> RunDir:
     run = RunDir(cfg.run_dir)
     has_stages = run.has_stages()
     if has_stages and overwrite:
@@ -128,7 +128,7 @@ def _partial_report(run: RunDir) -> Path | str:
     return run.path
 
 
-def run_pipeline(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, until: str = "report") -> Path | str:
+def run_pipeline(cfg: PipelineConfig, *, resume: bool = False, overwrite: bool = False, until: str = "report") -> Path | str:
     """Run the chain up to and including ``until``; returns the run directory (a ``Path``, or the uri)."""
     from pipelines.curate import curate
     from pipelines.evaluate import full_evaluation, label_free_evaluation, load_labelled

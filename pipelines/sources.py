@@ -35,7 +35,7 @@ from curation.planting import encode_png, plant_pool
 from curation.redact import redact, refuse_credentials
 from curation.shards import Sample, list_shards, write_shards
 import storage
-from pipelines.config import RayConfig, RunConfig
+from pipelines.config import RayConfig, PipelineConfig
 from pipelines.shard_listing import FOLDER_IGNORED_REASONS
 from pipelines.shard_plan import SourcePlan, fingerprint, plan_source
 from pipelines.shard_tasks import TaskRunner
@@ -54,7 +54,7 @@ def load_mnist_digits() -> tuple[np.ndarray, np.ndarray]:
     return x.reshape(-1, 28, 28).astype(np.uint8)[order], y.astype(np.int64)[order]
 
 
-def build_demo_pool(cfg: RunConfig, out_dir: Path) -> tuple[list[str], list[str]]:
+def build_demo_pool(cfg: PipelineConfig, out_dir: Path) -> tuple[list[str], list[str]]:
     """Plant junk into the first 5000-holdout digits; the last ``demo_holdout`` are the clean eval set."""
     images, labels = load_mnist_digits()
     n_train = len(images) - cfg.data.demo_holdout
@@ -302,7 +302,7 @@ def list_uri_shards(location: str, setting: str = "data.source") -> list[str]:
                          "that holds them") from None
 
 
-def resolve_location(location: str, dest: str | Path, cfg: RunConfig) -> list[str]:
+def resolve_location(location: str, dest: str | Path, cfg: PipelineConfig) -> list[str]:
     """Shards for a location: a shard directory, glob, tar or object-store prefix as they are; an image
     folder is sharded into ``dest`` (a local folder or a uri)."""
     refuse_credentials(location)
@@ -337,7 +337,7 @@ def built_in(dest: str | Path, build: Callable[[Path], list[list[str]]]) -> list
         shutil.rmtree(local, ignore_errors=True)
 
 
-def resolve_sources(cfg: RunConfig, pool_dir: str | Path) -> tuple[list[str], list[str]]:
+def resolve_sources(cfg: PipelineConfig, pool_dir: str | Path) -> tuple[list[str], list[str]]:
     """(pool shards, the demo's held-out digits or []) for the configured source; ``pool_dir`` (local or
     uri) receives what is written. The labelled evaluation set (eval.bank_source / eval.query_source)
     is resolved by pipelines/eval_sets.py."""

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import ConfigError, RunConfig, config_from_dict, load_config
+from pipelines.config import ConfigError, PipelineConfig, config_from_dict, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def test_defaults_are_valid_and_typed() -> None:
     cfg = load_config(None)
-    assert isinstance(cfg, RunConfig)
+    assert isinstance(cfg, PipelineConfig)
     assert cfg.train.num_workers == 2 and isinstance(cfg.train.lr, float)
 
 

@@ -7,7 +7,7 @@ import shutil
 from typing import Any
 
 from curation.errors import InputError
-from pipelines.config import RunConfig, config_to_dict
+from pipelines.config import PipelineConfig, config_to_dict
 from pipelines.sweeps.locations import check_sweep_locations, experiment_path, remove_experiment, storage_root, sweep_dir
 from pipelines.sweeps.results import SweepResult, write_results
 from pipelines.sweeps.space import SweepSpec, trial_config
@@ -30,13 +30,13 @@ def _scheduler(spec: SweepSpec) -> Any:
     return FIFOScheduler()
 
 
-def trial_cpus(cfg: RunConfig) -> float:
+def trial_cpus(cfg: PipelineConfig) -> float:
     """CPUs one trial holds: its in-process worker, or all of its DDP workers."""
     tc = cfg.train
     return tc.cpus_per_worker if tc.num_workers == 0 else tc.num_workers * tc.cpus_per_worker
 
 
-def _concurrency(cfg: RunConfig, spec: SweepSpec) -> int:
+def _concurrency(cfg: PipelineConfig, spec: SweepSpec) -> int:
     """As many trials as the cluster's CPUs fit (DDP workers are invisible to Tune, so count them here)."""
     import ray
 
@@ -46,7 +46,7 @@ def _concurrency(cfg: RunConfig, spec: SweepSpec) -> int:
     return max(1, int(math.floor(cpus / trial_cpus(cfg) + 1e-9)))
 
 
-def _datasets(cfg: RunConfig) -> tuple[Any, Any]:
+def _datasets(cfg: PipelineConfig) -> tuple[Any, Any]:
     """Pool + curation once (resumable), then the curated train set and the monitor's sets (pipelines/monitor.py:
     a sample of the labelled evaluation set, a pool sample for label-free metrics), materialised once."""
     from pipelines.readers import read_decoded
@@ -75,7 +75,7 @@ def _exists(exp_path: str, resume: bool) -> bool:
     return True
 
 
-def _make_tuner(cfg: RunConfig, spec: SweepSpec, train_ds: Any, monitor_sets: Any, resume: bool) -> Any:
+def _make_tuner(cfg: PipelineConfig, spec: SweepSpec, train_ds: Any, monitor_sets: Any, resume: bool) -> Any:
     from ray import tune
 
     sdir = sweep_dir(cfg, spec)
@@ -104,7 +104,7 @@ def _make_tuner(cfg: RunConfig, spec: SweepSpec, train_ds: Any, monitor_sets: An
     )
 
 
-def run_sweep(cfg: RunConfig, spec: SweepSpec, *, resume: bool = False, overwrite: bool = False) -> SweepResult:
+def run_sweep(cfg: PipelineConfig, spec: SweepSpec, *, resume: bool = False, overwrite: bool = False) -> SweepResult:
     """Run (or resume) the sweep; write trials.parquet, best_config.yaml and report.html in the sweep folder."""
     from pipelines.ray_runtime import ensure_ray
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import storage
 from curation.errors import InputError
-from pipelines.config import RunConfig
+from pipelines.config import PipelineConfig
 from pipelines.sweeps.space import SweepSpec
 
 
-def sweep_dir(cfg: RunConfig, spec: SweepSpec) -> Path:
+def sweep_dir(cfg: PipelineConfig, spec: SweepSpec) -> Path:
     """Local folder for trial checkpoints and results: RUN_DIR/sweeps/NAME (absolute: trials chdir).
 
     Trials append their start log and keep checkpoints on local disk, so a bucket run_dir is refused
@@ -24,7 +24,7 @@ def sweep_dir(cfg: RunConfig, spec: SweepSpec) -> Path:
     return (Path(cfg.run_dir) / "sweeps" / spec.name).resolve()
 
 
-def check_sweep_locations(cfg: RunConfig, spec: SweepSpec) -> None:
+def check_sweep_locations(cfg: PipelineConfig, spec: SweepSpec) -> None:
     """Before Ray starts or anything is deleted: no credentials inside any location (the command line may have
     overridden the base since load), and a bucket ``storage_path`` that can be written. Each failure is one
     InputError line naming the location masked and the fix, as ``sslpipe run`` does for its locations."""
@@ -38,7 +38,7 @@ def check_sweep_locations(cfg: RunConfig, spec: SweepSpec) -> None:
         storage.check_writable(spec.storage_path, "storage_path")
 
 
-def storage_root(cfg: RunConfig, spec: SweepSpec) -> str:
+def storage_root(cfg: PipelineConfig, spec: SweepSpec) -> str:
     """Tune's storage_path: the spec's (local or cloud uri), else RUN_DIR/sweeps/NAME/tune."""
     if spec.storage_path:
         sp = spec.storage_path
@@ -46,7 +46,7 @@ def storage_root(cfg: RunConfig, spec: SweepSpec) -> str:
     return str(sweep_dir(cfg, spec) / "tune")
 
 
-def experiment_path(cfg: RunConfig, spec: SweepSpec) -> str:
+def experiment_path(cfg: PipelineConfig, spec: SweepSpec) -> str:
     """Where Tune keeps this sweep's experiment state (what ``--resume`` restores)."""
     return f"{storage_root(cfg, spec).rstrip('/')}/{spec.name}"
 

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 import storage
-from pipelines.config import RunConfig, config_to_dict
+from pipelines.config import PipelineConfig, config_to_dict
 from pipelines.sweeps.locations import storage_root, sweep_dir, upload_result
 from pipelines.sweeps.report import build_sweep_report, finite
 from pipelines.sweeps.space import METRIC_NAMES, SweepSpec, trial_config
@@ -47,7 +47,7 @@ def _curve(result: Any) -> list[dict[str, Any]]:
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
-def trial_rows(cfg: RunConfig, spec: SweepSpec, grid: Any) -> list[dict[str, Any]]:
+def trial_rows(cfg: PipelineConfig, spec: SweepSpec, grid: Any) -> list[dict[str, Any]]:
     """One row per trial: its params, last/best kNN, epochs run, how it ended, how often it was started."""
     sdir = sweep_dir(cfg, spec)
     rows: list[dict[str, Any]] = []
@@ -77,7 +77,7 @@ def trial_rows(cfg: RunConfig, spec: SweepSpec, grid: Any) -> list[dict[str, Any
     return rows
 
 
-def write_results(cfg: RunConfig, spec: SweepSpec, grid: Any) -> SweepResult:
+def write_results(cfg: PipelineConfig, spec: SweepSpec, grid: Any) -> SweepResult:
     """Parquet table, best config YAML (ready for ``sslpipe run``), summary JSON and the HTML report."""
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -14,7 +14,8 @@ from typing import Any, Optional
 import yaml
 
 import storage
-from pipelines.config import ConfigError, RunConfig, apply_overrides, config_from_dict, config_to_dict, read_yaml_file, set_dotted
+from pipelines.config import (ConfigError, PipelineConfig, apply_overrides, config_from_dict, config_to_dict,
+                              read_yaml_file, set_dotted)
 
 
 DOMAIN_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
@@ -81,7 +82,7 @@ class SchedulerSpec:
 class SweepSpec:
     """A parsed sweep file: the base run config plus what to search and how."""
 
-    base: RunConfig
+    base: PipelineConfig
     search: dict[str, Domain]
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
     num_samples: int = 1
@@ -109,8 +110,8 @@ def _known_key(base: dict[str, Any], key: str) -> bool:
     return not isinstance(node, dict)
 
 
-def trial_config(base: RunConfig | dict[str, Any], params: dict[str, Any]) -> RunConfig:
-    """The validated RunConfig of one trial: the base with the sampled dotted keys set."""
+def trial_config(base: PipelineConfig | dict[str, Any], params: dict[str, Any]) -> PipelineConfig:
+    """The validated PipelineConfig of one trial: the base with the sampled dotted keys set."""
     data = copy.deepcopy(base if isinstance(base, dict) else config_to_dict(base))
     for key, value in params.items():
         set_dotted(data, key, value)
@@ -156,7 +157,7 @@ def _as_override_list(raw: Any, where: str) -> list[str]:
     raise ConfigError(f"sweep key '{where}': must be a mapping of dotted keys to values or a list of key=value")
 
 
-def _parse_scheduler(raw: Any, search: dict[str, Domain], base: RunConfig) -> SchedulerSpec:
+def _parse_scheduler(raw: Any, search: dict[str, Domain], base: PipelineConfig) -> SchedulerSpec:
     raw = {"name": raw} if isinstance(raw, str) else (raw or {})
     if not isinstance(raw, dict):
         raise _fail("scheduler", f"got {raw!r}", "write e.g. {name: asha, grace_period: 1, reduction_factor: 2}")
@@ -248,7 +249,7 @@ def _storage_path(raw: Any) -> Optional[str]:
     return raw
 
 
-def _choose_metric(raw: Any, base: RunConfig) -> str:
+def _choose_metric(raw: Any, base: PipelineConfig) -> str:
     """The metric trials are ranked by: as written, else knn_top1 with a labelled evaluation set and
     rankme without. Asking for kNN without labels fails here, at load, not after every trial trained."""
     labelled = base.has_labelled_eval()

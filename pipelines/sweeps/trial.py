@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from pipelines.config import RunConfig, config_from_dict, config_to_dict
+from pipelines.config import PipelineConfig, config_from_dict, config_to_dict
 from pipelines.sweeps.space import trial_config
 
 
@@ -138,7 +138,7 @@ def _pretrain_task():
     return run_pretrain
 
 
-def _train_in_helper(cfg: RunConfig, train_ds: Any, monitor_sets: Any, trial_dir: Path, run_name: str,
+def _train_in_helper(cfg: PipelineConfig, train_ds: Any, monitor_sets: Any, trial_dir: Path, run_name: str,
                     params: dict[str, Any], with_checkpoints: bool) -> int:
     """In-process trial: pretrain in a helper task on this node; forward epochs as checkpoints appear."""
     import ray
@@ -167,7 +167,7 @@ def _train_in_helper(cfg: RunConfig, train_ds: Any, monitor_sets: Any, trial_dir
     return _report_epochs(history, reported, params, ckpt_dir, with_checkpoints)
 
 
-def _train_with_ray_train(cfg: RunConfig, train_ds: Any, monitor_sets: Any, trial_dir: Path, run_name: str) -> int:
+def _train_with_ray_train(cfg: PipelineConfig, train_ds: Any, monitor_sets: Any, trial_dir: Path, run_name: str) -> int:
     """DDP trial: the supported Train V2 + Tune pattern; rank 0's metrics reach Tune through the callback."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
