@@ -359,9 +359,11 @@ def report_failure(exc: BaseException) -> None:
     The first line names the error; for a Ray failure the message follows, which holds the failing
     worker's error snippet (its traceback's last frames), so the cause is on the terminal, not only in a file.
     """
-    full = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    from storage import redact  # a message or traceback that quotes a uri must not print its keys
+
+    full = redact("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
     logging.getLogger("sslpipe").error("the run failed:\n%s", full, extra={"log_only": True})
-    text = str(exc).strip() or repr(exc)
+    text = redact(str(exc).strip() or repr(exc))
     lines = text.splitlines()
     if len(lines) > MAX_FAILURE_LINES:
         lines = lines[:MAX_FAILURE_LINES] + [f"... ({len(lines) - MAX_FAILURE_LINES} more lines in the log)"]

@@ -158,3 +158,18 @@ def test_sslpipe_warnings_in_a_worker_become_tagged_lines(capsys) -> None:
         logger.removeHandler(handler)
     out = capsys.readouterr().out.splitlines()
     assert out == ["[warning] method.name=mae masks image patches", "[error] no labelled images"]
+
+
+def test_an_unexpected_failure_prints_no_credential_of_a_uri(capsys) -> None:
+    """Any error, not only a user-input one, may quote a uri with keys in it: the terminal line, the traceback
+    printed when there is no run log yet, and the log record all show it masked."""
+    from pipelines.console import report_failure
+
+    secret = "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY"
+    try:
+        raise OSError(f"When reading s3://AKIAIOSFODNN7EXAMPLE:{secret}@bucket/pool: connection refused")
+    except OSError as exc:
+        report_failure(exc)
+    err = capsys.readouterr().err
+    assert secret not in err and "AKIAIOSFODNN7EXAMPLE" not in err
+    assert "sslpipe: error: OSError" in err and "s3://***@bucket/pool" in err

@@ -268,3 +268,29 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(curated_run: Pat
 
     with pytest.raises(Exception, match="--resume"):  # a second run without --resume refuses to start over
         run_sweep(spec.base, spec, resume=False)
+
+
+@pytest.mark.slow
+def test_a_stream_mode_sweep_streams_the_curated_shards_in_every_trial(curated_run: Path, capsys) -> None:
+    """``data.cache=stream`` holds for sweeps too: each trial reads the curated shards every epoch (its
+    recorded keys are curated samples, one global batch per step), and no trial gets a decoded copy."""
+    sweep_file = curated_run / "stream_sweep.yaml"
+    data = yaml.safe_load(DEMO.read_text())
+    data["base"] = str(REPO / "configs" / "demo.yaml")
+    data.update(name="stream", max_concurrent=1, scheduler={"name": "fifo"},
+                search={"method.temperature": {"grid": [0.1, 0.5]}})
+    sweep_file.write_text(yaml.safe_dump(data))
+    spec = load_search_space(sweep_file, [f"run_dir={curated_run}", *SMALL, "train.epochs=1", "data.cache=stream",
+                                          "train.record_seen_keys=true"])
+    result = run_sweep(spec.base, spec, resume=False)
+    assert "[sweep] feed: stream; data.cache=stream as configured" in capsys.readouterr().out
+    table = pq.read_table(result.table_path).to_pylist()
+    assert len(table) == 2 and all(r["status"] == "completed" for r in table), [r.get("error") for r in table]
+    manifest = pq.read_table(curated_run / "curated" / "manifest.parquet").to_pydict()
+    curated = {k for k, kept in zip(manifest["key"], manifest["kept"]) if kept}
+    batch = spec.base.train.batch_size
+    for r in table:
+        seen = pq.read_table(result.sweep_dir / "trials" / r["trial_id"] / "seen_keys" /
+                             "epoch_000001_rank_0.parquet").to_pydict()
+        assert "key" in seen, "the trial trained from a decoded copy, not from the shards"
+        assert set(seen["key"]) <= curated and len(seen["key"]) == (len(curated) // batch) * batch

@@ -47,10 +47,16 @@ def _concurrency(cfg: PipelineConfig, spec: SweepSpec) -> int:
 
 
 def _datasets(cfg: PipelineConfig) -> tuple[Any, Any]:
-    """Pool + curation once (resumable), then the curated train set and the monitor's sets (pipelines/monitor.py:
-    a sample of the labelled evaluation set, a pool sample for label-free metrics), materialised once."""
-    from pipelines.readers import read_decoded
+    """Pool + curation once (resumable), then what every trial trains on and the monitor's sets
+    (pipelines/monitor.py: a sample of the labelled evaluation set, a pool sample for label-free metrics).
+
+    The train set follows ``data.cache`` as a single run does: in memory, the curated pool is decoded and
+    materialised once for all trials; in stream mode (set, or ``auto`` over ``data.cache_budget_gb``) each
+    trial gets the curated shards (a ``ShardPool``) and streams them every epoch, so a sweep never holds a pool
+    that does not fit."""
+    from pipelines.feed import ShardPool, choose_cache
     from pipelines.monitor import monitor_sets_for_run
+    from pipelines.readers import read_decoded
     from pipelines.run import RunDir, run_pipeline
 
     run_pipeline(cfg, until="curate", resume=True)
@@ -59,8 +65,14 @@ def _datasets(cfg: PipelineConfig) -> tuple[Any, Any]:
     if pool is None or cur is None:
         raise InputError(f"{cfg.run_dir}: pool/curate stage records missing after curation; rerun with --overwrite")
     d = cfg.data
+    monitor = monitor_sets_for_run(cfg, pool, cur).materialize()
+    shard_pool = ShardPool.from_manifest(cur["manifest"], cur["shards"])
+    mode, why = choose_cache(d.cache, shard_pool.total, d.image_size, d.channels, d.cache_budget_gb)
+    print(f"[sweep] feed: {mode}; {why}", flush=True)
+    if mode == "stream":
+        return shard_pool, monitor
     train = read_decoded(cur["shards"], d.image_size, d.channels, d.intensity).select_columns(["image", "label"])
-    return train.materialize(), monitor_sets_for_run(cfg, pool, cur).materialize()
+    return train.materialize(), monitor
 
 
 def _exists(exp_path: str, resume: bool) -> bool:
