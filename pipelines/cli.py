@@ -38,6 +38,11 @@ def _add_run_options(p: argparse.ArgumentParser, config_required: bool = True) -
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``sslpipe`` argument parser: every verb and its options.
+
+    Long on purpose: it is a flat list of argparse declarations with no logic between them, and the
+    whole command-line surface reads (and diffs) best in one place rather than scattered over helpers.
+    """
     parser = argparse.ArgumentParser(
         prog="sslpipe",
         description="Self-supervised pretraining on uncurated images, end to end on Ray: "

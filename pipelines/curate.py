@@ -269,36 +269,13 @@ def curate(
     t0 = time.time()
     paths = shard_location if isinstance(shard_location, list) else list_shards(shard_location)
     out_dir = str(out_dir)
-    rules = ValidationRules(cfg.min_side, cfg.max_aspect, cfg.max_pixels, cfg.min_pixel_std, intensity)
     print(f"[curate] pass 1/2: decode, validate and hash {len(paths)} shard(s)", flush=True)
-    meta = _collect_metadata(paths, rules, cfg.near_dedup_max_shift if cfg.near_dedup else 0)
-    manifest = decide(meta, cfg)
-    stage_info: dict[str, Any] = {}
-    if cfg.semdedup_clusters > 0 or cfg.balance_fraction < 1:
-        from curation.embed import random_conv_embedder  # torch is imported only when an embedding stage is on
-
-        manifest, stage_info = semantic_stages(manifest, paths, out_dir, cfg, embedder_factory or random_conv_embedder,
-                                               seed, intensity)
-    check_conservation(manifest.column("key").to_pylist(), manifest)
+    manifest, stage_info = _decide_manifest(paths, out_dir, cfg, embedder_factory, seed, intensity)
     manifest_path = write_table_atomic(manifest, storage.join(out_dir, "manifest.parquet"))
     t1 = time.time()
 
     print(f"[curate] pass 2/2: write kept samples of {len(paths)} shard(s)", flush=True)
-    kept_by_source: dict[str, list[str]] = {p: [] for p in paths}
-    for key, source, kept in zip(
-        manifest.column("key").to_pylist(), manifest.column("source").to_pylist(), manifest.column("kept").to_pylist()
-    ):
-        if kept and source in kept_by_source:
-            kept_by_source[source].append(key)
-    shard_dir = storage.join(out_dir, "shards")
-    write_task = ray.remote(num_cpus=1)(_write_curated_shard)
-    outputs = [storage.join(shard_dir, curated_shard_name(p)) for p in paths]
-    env = storage.storage_env()
-    # Ray's overloads of ray.remote(num_cpus=...)(f) resolve this 4-parameter function to a 2-argument RemoteFunction
-    refs = [write_task.remote(p, o, kept_by_source[p], env)  # type: ignore[call-arg]
-            for p, o in zip(paths, outputs) if kept_by_source[p]]
-    ray.get(refs)
-    curated = [o for p, o in zip(paths, outputs) if kept_by_source[p]]
+    curated = _write_curated_shards(paths, _kept_keys_by_source(manifest, paths), out_dir)
 
     counts = reason_counts(manifest)
     kept_n = int(sum(manifest.column("kept").to_pylist()))
@@ -312,17 +289,66 @@ def curate(
         "seconds": {"pass1_inspect_and_decide": round(t1 - t0, 2), "pass2_write": round(time.time() - t1, 2)},
         "labels": label_counts(manifest),
         **stage_info,
+        **_class_balance(manifest),
     }
-    hist = class_histograms(manifest)
-    if hist:
-        from curation.metrics import normalized_entropy
-
-        def class_entropy(counts: list[int]) -> float:
-            return normalized_entropy(np.repeat(np.arange(len(counts)), counts), len(counts))
-
-        summary["class_histogram"] = hist
-        summary["class_entropy"] = {"before": class_entropy(hist["before"]), "after": class_entropy(hist["after"])}
     summary_path = write_json_atomic(summary, storage.join(out_dir, "summary.json"))
     print(f"[curate] kept {kept_n} of {manifest.num_rows}; removed: "
           + ", ".join(f"{k} {v}" for k, v in counts.items() if k != "ok"), flush=True)
     return CurationResult(manifest_path, summary_path, curated, summary)
+
+
+def _decide_manifest(paths: list[str], out_dir: str, cfg: CurateConfig, embedder_factory: Callable[[], Any] | None,
+                     seed: int, intensity: Intensity) -> tuple[pa.Table, dict[str, Any]]:
+    """Pass 1: every input sample's fate (kept, or removed with its reason), checked to account for every
+    input before anything is written; plus what the embedding stages report, when one is on."""
+    rules = ValidationRules(cfg.min_side, cfg.max_aspect, cfg.max_pixels, cfg.min_pixel_std, intensity)
+    meta = _collect_metadata(paths, rules, cfg.near_dedup_max_shift if cfg.near_dedup else 0)
+    manifest = decide(meta, cfg)
+    stage_info: dict[str, Any] = {}
+    if cfg.semdedup_clusters > 0 or cfg.balance_fraction < 1:
+        from curation.embed import random_conv_embedder  # torch is imported only when an embedding stage is on
+
+        manifest, stage_info = semantic_stages(manifest, paths, out_dir, cfg, embedder_factory or random_conv_embedder,
+                                               seed, intensity)
+    check_conservation(manifest.column("key").to_pylist(), manifest)
+    return manifest, stage_info
+
+
+def _kept_keys_by_source(manifest: pa.Table, paths: list[str]) -> dict[str, list[str]]:
+    """The kept keys of each input shard, in manifest order (every input shard present, empty if none kept)."""
+    kept_by_source: dict[str, list[str]] = {p: [] for p in paths}
+    for key, source, kept in zip(
+        manifest.column("key").to_pylist(), manifest.column("source").to_pylist(), manifest.column("kept").to_pylist()
+    ):
+        if kept and source in kept_by_source:
+            kept_by_source[source].append(key)
+    return kept_by_source
+
+
+def _write_curated_shards(paths: list[str], kept_by_source: dict[str, list[str]], out_dir: str) -> list[str]:
+    """Pass 2: one Ray task per input shard that kept a sample writes its curated tar; returns their paths
+    in input order (a shard that kept nothing gets no output)."""
+    shard_dir = storage.join(out_dir, "shards")
+    write_task = ray.remote(num_cpus=1)(_write_curated_shard)
+    outputs = [storage.join(shard_dir, curated_shard_name(p)) for p in paths]
+    env = storage.storage_env()
+    # Ray's overloads of ray.remote(num_cpus=...)(f) resolve this 4-parameter function to a 2-argument RemoteFunction
+    refs = [write_task.remote(p, o, kept_by_source[p], env)  # type: ignore[call-arg]
+            for p, o in zip(paths, outputs) if kept_by_source[p]]
+    ray.get(refs)
+    return [o for p, o in zip(paths, outputs) if kept_by_source[p]]
+
+
+def _class_balance(manifest: pa.Table) -> dict[str, Any]:
+    """summary.json's class histogram and normalized class entropy before and after curation (nothing
+    without labels): shows whether curation skewed the classes."""
+    hist = class_histograms(manifest)
+    if not hist:
+        return {}
+    from curation.metrics import normalized_entropy
+
+    def class_entropy(counts: list[int]) -> float:
+        return normalized_entropy(np.repeat(np.arange(len(counts)), counts), len(counts))
+
+    return {"class_histogram": hist,
+            "class_entropy": {"before": class_entropy(hist["before"]), "after": class_entropy(hist["after"])}}

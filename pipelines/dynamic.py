@@ -259,64 +259,94 @@ def stream_round(cfg: "PipelineConfig", backbone: torch.nn.Module, pool: "ShardP
     n_pool = pool.total
     info: dict[str, Any] = {"policy": dyn.policy}
     if dyn.policy == "cluster_balance":
-        fraction = min(1.0, dyn.subset_for_clustering / max(1, n_pool))
-        subset = None if fraction >= 1.0 else (seed & 0xFFFFFFFF, fraction)
-        fit = _run_round_job(cfg, pool, weights, "embed", subset=subset)
-        feats = fit["embedding"].astype(np.float32)
-        mean = feats.mean(0, keepdims=True)
-        feats = feats - mean
-        feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
-        ks = PRUNING_LEVELS.levels(len(feats), dyn.levels)
-        hier = hierarchical_kmeans(feats, ks, resampling_steps=dyn.resampling_steps, seed=seed)
-        if subset is None:
-            rows = fit
-            finest, _ = assign(feats, hier.centroids[0], spherical=True)
-        else:  # every sample to its centroid inside the actors: only ids and cluster numbers come back
-            rows = _run_round_job(cfg, pool, weights, "assign", centroids=hier.centroids[0], mean=mean[0], seed=seed)
-            finest = rows["cluster"]
-        t_embed = time.time() - t0
-        n = len(rows["key"])
-        target = max(1, int(round(dyn.keep_fraction * n)))
-        assignments = [finest]
-        for parent in hier.parents:  # carry every point up the tree through its cluster's parent
-            assignments.append(parent[assignments[-1]])
-        chosen = np.flatnonzero(balanced_sample(assignments, target, seed))
-        info.update(levels=ks, cluster_entropy_before=normalized_entropy(finest, ks[0]),
-                    cluster_entropy_after=normalized_entropy(finest[chosen], ks[0]))
+        rows, chosen, t_embed = _cluster_balance_choice(cfg, pool, weights, seed, t0, info)
     elif dyn.policy == "loss_based":
-        rows = _run_round_job(cfg, pool, weights, "align", seed=seed)
-        t_embed = time.time() - t0
-        n = len(rows["key"])
-        target = max(1, int(round(dyn.keep_fraction * n)))
-        alignment = rows["alignment"]
-        chosen = np.sort(np.argsort(alignment, kind="stable")[:target])
-        info["mean_alignment_kept"] = float(alignment[chosen].mean())
-        info["mean_alignment_pruned"] = float(np.delete(alignment, chosen).mean()) if target < n else 0.0
+        rows, chosen, t_embed = _loss_based_choice(cfg, pool, weights, seed, t0, info)
     else:
         raise ValueError(f"unknown pruning policy {dyn.policy!r}; choose cluster_balance or loss_based")
+    n = len(rows["key"])
     info.update(pool=n, kept=int(len(chosen)), unread=n_pool - n)
-    lab = rows["label"]
+    _class_entropies(rows["label"], chosen, info)
+    keys, shards = rows["key"][chosen], rows["shard"][chosen]
+    path = _write_keep_list(run_dir, epoch, pool, keys, shards) if run_dir is not None else None
+    info["embed_seconds"] = t_embed
+    info["round_seconds"] = time.time() - t0
+    backbone.train(was_training)
+    return StreamRound(shard_keep_list(pool, keys, shards), info, path)
+
+
+def _cluster_balance_choice(cfg: "PipelineConfig", pool: "ShardPool", weights: Any, seed: int, t0: float,
+                            info: dict[str, Any]) -> tuple[dict[str, np.ndarray], np.ndarray, float]:
+    """cluster_balance: (rows read, positions kept, seconds to embed) - k-means on the embeddings, then an
+    equal share per cluster at every level, so no dense region of the pool crowds out the rest.
+
+    Clusters are fitted on a subset where the pool is larger than ``dynamic.subset_for_clustering``;
+    every sample is then assigned in the actors, so only ids and cluster numbers come back."""
+    dyn = cfg.dynamic
+    fraction = min(1.0, dyn.subset_for_clustering / max(1, pool.total))
+    subset = None if fraction >= 1.0 else (seed & 0xFFFFFFFF, fraction)
+    fit = _run_round_job(cfg, pool, weights, "embed", subset=subset)
+    feats = fit["embedding"].astype(np.float32)
+    mean = feats.mean(0, keepdims=True)
+    feats = feats - mean
+    feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+    ks = PRUNING_LEVELS.levels(len(feats), dyn.levels)
+    hier = hierarchical_kmeans(feats, ks, resampling_steps=dyn.resampling_steps, seed=seed)
+    if subset is None:
+        rows = fit
+        finest, _ = assign(feats, hier.centroids[0], spherical=True)
+    else:  # every sample to its centroid inside the actors: only ids and cluster numbers come back
+        rows = _run_round_job(cfg, pool, weights, "assign", centroids=hier.centroids[0], mean=mean[0], seed=seed)
+        finest = rows["cluster"]
+    t_embed = time.time() - t0
+    target = max(1, int(round(dyn.keep_fraction * len(rows["key"]))))
+    assignments = [finest]
+    for parent in hier.parents:  # carry every point up the tree through its cluster's parent
+        assignments.append(parent[assignments[-1]])
+    chosen = np.flatnonzero(balanced_sample(assignments, target, seed))
+    info.update(levels=ks, cluster_entropy_before=normalized_entropy(finest, ks[0]),
+                cluster_entropy_after=normalized_entropy(finest[chosen], ks[0]))
+    return rows, chosen, t_embed
+
+
+def _loss_based_choice(cfg: "PipelineConfig", pool: "ShardPool", weights: Any, seed: int, t0: float,
+                       info: dict[str, Any]) -> tuple[dict[str, np.ndarray], np.ndarray, float]:
+    """loss_based: (rows read, positions kept, seconds to embed) - keep the samples whose two views
+    agree least (the ones the model still has to learn from), in pool order."""
+    rows = _run_round_job(cfg, pool, weights, "align", seed=seed)
+    t_embed = time.time() - t0
+    n = len(rows["key"])
+    target = max(1, int(round(cfg.dynamic.keep_fraction * n)))
+    alignment = rows["alignment"]
+    chosen = np.sort(np.argsort(alignment, kind="stable")[:target])
+    info["mean_alignment_kept"] = float(alignment[chosen].mean())
+    info["mean_alignment_pruned"] = float(np.delete(alignment, chosen).mean()) if target < n else 0.0
+    return rows, chosen, t_embed
+
+
+def _class_entropies(lab: np.ndarray, chosen: np.ndarray, info: dict[str, Any]) -> None:
+    """Class balance before and after the round, where the pool has labels (they never steer the choice:
+    they only show what pruning did to the classes)."""
     if (lab >= 0).any():
         k = int(lab.max()) + 1
         info["class_entropy_before"] = normalized_entropy(lab[lab >= 0], k)
         kept_lab = lab[chosen]
         info["class_entropy_after"] = normalized_entropy(kept_lab[kept_lab >= 0], k)
-    keys, shards = rows["key"][chosen], rows["shard"][chosen]
-    path = None
-    if run_dir is not None:
-        import pyarrow as pa
 
-        from curation.manifest import write_table_atomic
 
-        path = f"keep_lists/epoch_{epoch + 1:06d}.parquet"
-        write_table_atomic(pa.table({"key": pa.array([str(k) for k in keys], pa.string()),
-                                     "shard": pa.array(shards, pa.int64()),
-                                     "shard_uri": pa.array([pool.shards[i] for i in shards], pa.string())}),
-                           storage.join(run_dir, path))
-    info["embed_seconds"] = t_embed
-    info["round_seconds"] = time.time() - t0
-    backbone.train(was_training)
-    return StreamRound(shard_keep_list(pool, keys, shards), info, path)
+def _write_keep_list(run_dir: str, epoch: int, pool: "ShardPool", keys: np.ndarray, shards: np.ndarray) -> str:
+    """Write the keep-list to ``run_dir/keep_lists/epoch_NNNNNN.parquet`` (atomically, so a resume finds it
+    whole or not at all); returns its path relative to the run directory."""
+    import pyarrow as pa
+
+    from curation.manifest import write_table_atomic
+
+    path = f"keep_lists/epoch_{epoch + 1:06d}.parquet"
+    write_table_atomic(pa.table({"key": pa.array([str(k) for k in keys], pa.string()),
+                                 "shard": pa.array(shards, pa.int64()),
+                                 "shard_uri": pa.array([pool.shards[i] for i in shards], pa.string())}),
+                       storage.join(run_dir, path))
+    return path
 
 
 def load_keep_list(pool: "ShardPool", path: str) -> dict[int, list[str]]:

@@ -166,75 +166,89 @@ class StreamFeed:
         drop = skip_batches - windows_done * self.window // self.local_batch
         segments = skip_samples(self.segments(epoch, steps), windows_done * self.window)
         need = (steps - skip_batches) * self.local_batch + drop * self.local_batch
+        cursor = _BatchCursor(drop=drop, left=steps - skip_batches)
         window_index = windows_done
-        buffer: list[dict[str, np.ndarray]] = []
-        buffered = 0
-        last_window: dict[str, np.ndarray] | None = None
-        produced = 0
-        emitted_batches = 0
-
-        def take(arrays: list[dict[str, np.ndarray]], n: int) -> tuple[dict[str, np.ndarray], list[dict[str, np.ndarray]]]:
-            joined = {k: np.concatenate([a[k] for a in arrays]) for k in arrays[0]}
-            head = {k: v[:n] for k, v in joined.items()}
-            tail = {k: v[n:] for k, v in joined.items()}
-            return head, ([tail] if len(tail["key"]) else [])
-
-        def batches_of(window: dict[str, np.ndarray], index: int) -> Iterator[StreamBatch]:
-            nonlocal emitted_batches, drop
-            perm = self._window_rng(epoch, index).permutation(len(window["key"]))
-            for b in range(0, len(perm), self.local_batch):
-                rows = perm[b : b + self.local_batch]
-                if drop > 0:
-                    drop -= 1
-                    continue
-                if emitted_batches >= steps - skip_batches:
-                    return
-                emitted_batches += 1
-                yield self._to_batch(window, rows)
-
+        read = _WindowReader()
         if segments:
-            for block in self._dataset(segments, epoch).iter_batches(batch_size=None, batch_format="numpy",
-                                                                      prefetch_batches=2):
-                bad = np.array([bool(e) for e in block["error"]], dtype=bool)
-                if bad.any():
-                    self.counters.skipped_samples += int(sum(1 for e in block["error"][bad] if e == "decode_error"))
-                    for e, src in zip(block["error"][bad], block["source"][bad]):
-                        if e != "decode_error":
-                            self.counters.skipped_shards.add(str(src))
-                    block = {k: v[~bad] for k, v in block.items()}
-                n = len(block["key"])
-                if n == 0:
-                    continue
-                n = min(n, need - produced)
-                if n <= 0:
-                    break
-                block = {k: v[:n] for k, v in block.items()}
-                produced += n
-                buffer.append(block)
-                buffered += n
-                while buffered >= self.window:
-                    window, buffer = take(buffer, self.window)
-                    buffered -= self.window
-                    last_window = window
-                    yield from batches_of(window, window_index)
-                    window_index += 1
-                if produced >= need:
-                    break
-        # the rest: a last, shorter window, then padding for samples that never came
-        rest = take(buffer, buffered)[0] if buffered else None
-        missing = need - produced
+            for window in self._full_windows(segments, epoch, need, read):
+                yield from self._batches_of(window, epoch, window_index, cursor)
+                window_index += 1
+        rest = self._last_window(read, need, epoch, len(segments))
+        if rest is not None and len(rest["key"]):
+            yield from self._batches_of(rest, epoch, window_index, cursor)
+
+    def _full_windows(self, segments: list[Segment], epoch: int, need: int,
+                      read: _WindowReader) -> Iterator[dict[str, np.ndarray]]:
+        """Every full window of the first ``need`` good samples read; what is left stays in ``read``.
+
+        Rows with an error are counted (``self.counters``) and left out as they arrive, so a bad
+        image or shard costs its samples, never the epoch."""
+        for block in self._dataset(segments, epoch).iter_batches(batch_size=None, batch_format="numpy",
+                                                                  prefetch_batches=2):
+            block = self._drop_error_rows(block)
+            n = len(block["key"])
+            if n == 0:
+                continue
+            n = min(n, need - read.produced)
+            if n <= 0:
+                break
+            block = {k: v[:n] for k, v in block.items()}
+            read.produced += n
+            read.buffer.append(block)
+            read.buffered += n
+            while read.buffered >= self.window:
+                window, read.buffer = _take_rows(read.buffer, self.window)
+                read.buffered -= self.window
+                read.last_window = window
+                yield window
+            if read.produced >= need:
+                break
+
+    def _drop_error_rows(self, block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The block without its error rows, counted: an image that no longer decodes as a skipped
+        sample, any other error as the shard it came from (missing or cut short)."""
+        bad = np.array([bool(e) for e in block["error"]], dtype=bool)
+        if not bad.any():
+            return block
+        self.counters.skipped_samples += int(sum(1 for e in block["error"][bad] if e == "decode_error"))
+        for e, src in zip(block["error"][bad], block["source"][bad]):
+            if e != "decode_error":
+                self.counters.skipped_shards.add(str(src))
+        return {k: v[~bad] for k, v in block.items()}
+
+    def _last_window(self, read: _WindowReader, need: int, epoch: int, segments: int) -> dict[str, np.ndarray] | None:
+        """The rest: a last, shorter window, then padding for samples that never came.
+
+        Padding repeats random samples of what was read, so every worker trains the same number of
+        steps (DDP needs it) even where shards went missing; the count goes in ``counters.padded``."""
+        rest = _take_rows(read.buffer, read.buffered)[0] if read.buffered else None
+        missing = need - read.produced
         if missing > 0:
-            source = rest if rest is not None else last_window
+            source = rest if rest is not None else read.last_window
             if source is None:
-                raise RuntimeError(f"worker {self.rank} read no sample of its {len(segments)} segment(s) in epoch "
+                raise RuntimeError(f"worker {self.rank} read no sample of its {segments} segment(s) in epoch "
                                    f"{epoch + 1}: every shard it was given is missing or unreadable "
                                    f"({sorted(self.counters.skipped_shards)[:3]})")
             picks = self._window_rng(epoch, 0x7FFFFFFF).integers(0, len(source["key"]), missing)
             pad = {k: v[picks] for k, v in source.items()}
             rest = pad if rest is None else {k: np.concatenate([rest[k], pad[k]]) for k in rest}
             self.counters.padded += missing
-        if rest is not None and len(rest["key"]):
-            yield from batches_of(rest, window_index)
+        return rest
+
+    def _batches_of(self, window: dict[str, np.ndarray], epoch: int, index: int,
+                    cursor: _BatchCursor) -> Iterator[StreamBatch]:
+        """A window's batches in its own shuffled order (seeded per window, so a resume sees the same),
+        after dropping those a resumed epoch already trained on, up to the epoch's batch count."""
+        perm = self._window_rng(epoch, index).permutation(len(window["key"]))
+        for b in range(0, len(perm), self.local_batch):
+            rows = perm[b : b + self.local_batch]
+            if cursor.drop > 0:
+                cursor.drop -= 1
+                continue
+            if cursor.left <= 0:
+                return
+            cursor.left -= 1
+            yield self._to_batch(window, rows)
 
     def _to_batch(self, window: dict[str, np.ndarray], rows: np.ndarray) -> StreamBatch:
         views = torch.from_numpy(np.ascontiguousarray(window["views"][rows]))  # [B, V, S, S, C]
@@ -248,3 +262,31 @@ class StreamFeed:
             c.keys.extend(keys)
             c.ids.extend(ids.tolist())
         return StreamBatch(views.permute(1, 0, 4, 2, 3), ids, keys, labels)
+
+
+@dataclass
+class _BatchCursor:
+    """Where an epoch's batches stand: how many read batches are still to drop (a resumed epoch) and
+    how many are still to hand out."""
+
+    drop: int
+    left: int
+
+
+@dataclass
+class _WindowReader:
+    """What an epoch has read but not yet handed out as a full window (and the last full window, to
+    pad from when the rest is empty)."""
+
+    buffer: list[dict[str, np.ndarray]] = field(default_factory=list)
+    buffered: int = 0
+    produced: int = 0
+    last_window: dict[str, np.ndarray] | None = None
+
+
+def _take_rows(arrays: list[dict[str, np.ndarray]], n: int) -> tuple[dict[str, np.ndarray], list[dict[str, np.ndarray]]]:
+    """The first ``n`` rows of the blocks joined into one, and the rest (as a list of at most one block)."""
+    joined = {k: np.concatenate([a[k] for a in arrays]) for k in arrays[0]}
+    head = {k: v[:n] for k, v in joined.items()}
+    tail = {k: v[n:] for k, v in joined.items()}
+    return head, ([tail] if len(tail["key"]) else [])

@@ -71,8 +71,40 @@ def render_crops(data: bytes, params: list, j: int, size: int, channels: int, ma
     return out
 
 
-def _empty_rows() -> dict[str, list]:
-    return {"key": [], "label": [], "sample_id": [], "views": [], "error": [], "source": []}
+class _CropBlocks:
+    """The rows a segment has produced so far, handed on as blocks of ``rows_per_block`` rows.
+
+    An error row (a shard cut short, an image that no longer decodes) has blank crops, so every
+    block has the same columns and crop shape whatever went wrong."""
+
+    def __init__(self, uri: str, num_views: int, size: int, channels: int, rows_per_block: int) -> None:
+        self.uri, self.num_views, self.size, self.channels = uri, num_views, size, channels
+        self.rows_per_block = rows_per_block
+        self.rows: dict[str, list] = {"key": [], "label": [], "sample_id": [], "views": [], "error": [], "source": []}
+        self.blank = np.zeros((num_views, size, size, channels), np.uint8)
+
+    def add(self, key: str, label: int, sample_id: int, views: np.ndarray, error: str = "") -> None:
+        for name, value in (("key", key), ("label", label), ("sample_id", sample_id), ("views", views),
+                            ("error", error), ("source", self.uri)):
+            self.rows[name].append(value)
+
+    def add_error(self, key: str, reason: str, label: int = -1, sample_id: int = -1) -> None:
+        self.add(key, label, sample_id, self.blank, reason)
+
+    def full(self) -> bool:
+        return len(self.rows["key"]) >= self.rows_per_block
+
+    def emit(self) -> dict[str, np.ndarray]:
+        """The rows collected so far as one block (numpy columns); the collection starts again empty."""
+        rows, size = self.rows, self.size
+        out = {"key": np.array(rows["key"], dtype=object), "label": np.array(rows["label"], np.int64),
+               "sample_id": np.array(rows["sample_id"], np.int64),
+               "views": np.stack(rows["views"]) if rows["views"] else np.zeros((0, self.num_views, size, size, self.channels),
+                                                                                np.uint8),
+               "error": np.array(rows["error"], dtype=object), "source": np.array(rows["source"], dtype=object)}
+        for v in rows.values():
+            v.clear()
+        return out
 
 
 def crop_segments(batch: dict[str, np.ndarray], recipe: ViewRecipe, num_views: int, channels: int, seed: int,
@@ -96,60 +128,27 @@ def crop_segments(batch: dict[str, np.ndarray], recipe: ViewRecipe, num_views: i
     size = recipe.size
     if rows_per_block <= 0:  # blocks of about BLOCK_BYTES of crops
         rows_per_block = max(8, BLOCK_BYTES // (num_views * size * size * channels))
-    rows = _empty_rows()
-    pending: list[tuple[int, int, dict[str, Any]]] = []  # (position, member index, row) of the current chunk
-    blank = np.zeros((num_views, size, size, channels), np.uint8)
+    blocks = _CropBlocks(uri, num_views, size, channels, rows_per_block)
+    for pending in _segment_chunks(iter_samples(uri), keep, start, stop, blocks):
+        yield from _render_chunk(pending, blocks, recipe, seed, epoch, shard, first_id, max_pixels, intensity)
+    if blocks.rows["key"]:
+        yield blocks.emit()
 
-    def error_row(key: str, reason: str, label: int = -1, sample_id: int = -1) -> None:
-        for name, value in (("key", key), ("label", label), ("sample_id", sample_id), ("views", blank),
-                            ("error", reason), ("source", uri)):
-            rows[name].append(value)
 
-    def flush_chunk() -> Iterator[dict[str, np.ndarray]]:
-        if not pending:
-            return
-        chunk = pending[0][0] // CROP_CHUNK
-        aspects = torch.ones(CROP_CHUNK)
-        sizes: dict[int, tuple[int, int]] = {}
-        for pos, _, row in pending:
-            try:
-                w, h = open_image(row["image"], max_pixels).size
-                sizes[pos], aspects[pos % CROP_CHUNK] = (w, h), w / h
-            except Exception:  # noqa: BLE001 - recorded as a row error below
-                pass
-        params = chunk_crop_params(recipe, num_views, aspects, seed, epoch, shard, chunk)
-        for pos, member, row in pending:
-            sample_id = first_id + member
-            if pos not in sizes:
-                error_row(row["key"], "decode_error", int(row["label"]), sample_id)
-                continue
-            try:
-                views = render_crops(row["image"], params, pos % CROP_CHUNK, size, channels, max_pixels, intensity)
-            except Exception:  # noqa: BLE001 - an image that decoded at curation but not now
-                error_row(row["key"], "decode_error", int(row["label"]), sample_id)
-                continue
-            for name, value in (("key", row["key"]), ("label", int(row["label"])), ("sample_id", sample_id),
-                                ("views", views), ("error", ""), ("source", uri)):
-                rows[name].append(value)
-            if len(rows["key"]) >= rows_per_block:
-                yield emit()
-        pending.clear()
+def _segment_chunks(samples: Iterator[dict[str, Any]], keep: set[str] | None, start: int, stop: int,
+                    blocks: _CropBlocks) -> Iterator[list[tuple[int, int, dict[str, Any]]]]:
+    """The segment's samples as (position, member index, row), one list per crop chunk of the shard.
 
-    def emit() -> dict[str, np.ndarray]:
-        out = {"key": np.array(rows["key"], dtype=object), "label": np.array(rows["label"], np.int64),
-               "sample_id": np.array(rows["sample_id"], np.int64),
-               "views": np.stack(rows["views"]) if rows["views"] else np.zeros((0, num_views, size, size, channels), np.uint8),
-               "error": np.array(rows["error"], dtype=object), "source": np.array(rows["source"], dtype=object)}
-        for v in rows.values():
-            v.clear()
-        return out
-
+    Crop parameters are drawn per chunk of positions, so a chunk is rendered whole. A shard that
+    broke after curation is recorded as an error row when it is met (curated shards hold only
+    readable samples), so its rows stay in the order the shard is read."""
+    pending: list[tuple[int, int, dict[str, Any]]] = []
     pos = member = 0
-    for row in iter_samples(uri):
+    for row in samples:
         if row["read_error"]:
             # a curated shard holds only readable samples: this one broke (or went) after curation
             if row["read_error"] in ("unreadable_shard", "truncated_shard"):
-                error_row(row["key"], row["read_error"])
+                blocks.add_error(row["key"], row["read_error"])
             continue
         this_member = member
         member += 1
@@ -159,9 +158,47 @@ def crop_segments(batch: dict[str, np.ndarray], recipe: ViewRecipe, num_views: i
             break
         if pos >= start:
             if pending and pos // CROP_CHUNK != pending[0][0] // CROP_CHUNK:
-                yield from flush_chunk()
+                yield pending
+                pending = []
             pending.append((pos, this_member, row))
         pos += 1
-    yield from flush_chunk()
-    if rows["key"]:
-        yield emit()
+    if pending:
+        yield pending
+
+
+def _chunk_sizes(pending: list[tuple[int, int, dict[str, Any]]],
+                 max_pixels: int) -> tuple[dict[int, tuple[int, int]], torch.Tensor]:
+    """Each readable image's size by position, and the chunk's aspect ratios (1 where an image does not
+    open: the crop draws do not depend on aspects, so one bad image changes no other sample's crops)."""
+    aspects = torch.ones(CROP_CHUNK)
+    sizes: dict[int, tuple[int, int]] = {}
+    for pos, _, row in pending:
+        try:
+            w, h = open_image(row["image"], max_pixels).size
+            sizes[pos], aspects[pos % CROP_CHUNK] = (w, h), w / h
+        except Exception:  # noqa: BLE001 - recorded as a row error by the caller
+            pass
+    return sizes, aspects
+
+
+def _render_chunk(pending: list[tuple[int, int, dict[str, Any]]], blocks: _CropBlocks, recipe: ViewRecipe, seed: int,
+                  epoch: int, shard: int, first_id: int, max_pixels: int,
+                  intensity: Intensity) -> Iterator[dict[str, np.ndarray]]:
+    """Cut every view of one chunk's samples into ``blocks``, yielding each block as it fills up."""
+    chunk = pending[0][0] // CROP_CHUNK
+    sizes, aspects = _chunk_sizes(pending, max_pixels)
+    params = chunk_crop_params(recipe, blocks.num_views, aspects, seed, epoch, shard, chunk)
+    for pos, member, row in pending:
+        sample_id = first_id + member
+        if pos not in sizes:
+            blocks.add_error(row["key"], "decode_error", int(row["label"]), sample_id)
+            continue
+        try:
+            views = render_crops(row["image"], params, pos % CROP_CHUNK, blocks.size, blocks.channels, max_pixels,
+                                 intensity)
+        except Exception:  # noqa: BLE001 - an image that decoded at curation but not now
+            blocks.add_error(row["key"], "decode_error", int(row["label"]), sample_id)
+            continue
+        blocks.add(row["key"], int(row["label"]), sample_id, views)
+        if blocks.full():
+            yield blocks.emit()

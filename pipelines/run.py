@@ -129,15 +129,11 @@ def _partial_report(run: RunDir) -> Path | str:
 
 
 def run_pipeline(cfg: PipelineConfig, *, resume: bool = False, overwrite: bool = False, until: str = "report") -> Path | str:
-    """Run the chain up to and including ``until``; returns the run directory (a ``Path``, or the uri)."""
-    from pipelines.curate import curate
-    from pipelines.evaluate import full_evaluation, label_free_evaluation, load_labelled
+    """Run the chain up to and including ``until``; returns the run directory (a ``Path``, or the uri).
+
+    Each stage's work is its own function below; this one only orders them, stops after ``until``
+    and starts Ray once the pool is known (bad input fails before Ray starts)."""
     from pipelines.eval_sets import index_eval_sets
-    from pipelines.monitor import monitor_sets_for_run
-    from pipelines.models import resolved_method_hparams
-    from pipelines.pretrain import load_backbone, pretrain
-    from pipelines.sources import resolve_sources
-    from pipelines.eval_sets import resolve_eval_sets
 
     if until not in STAGES:
         raise InputError(f"unknown stage {until!r}; choose one of {', '.join(STAGES)}")
@@ -147,74 +143,93 @@ def run_pipeline(cfg: PipelineConfig, *, resume: bool = False, overwrite: bool =
     attach_run_log(run.path)  # the CLI's quiet console: Ray's and the libraries' logs go to RUN_DIR/run.log
     stop_after = STAGES.index(until)
 
-    def pool() -> dict[str, Any]:
-        shards, demo_queries = resolve_sources(cfg, run.join("pool"))
-        sets = resolve_eval_sets(cfg, run.join("pool"), demo_queries, shards)
-        return {"shards": shards, "bank_shards": sets.bank, "query_shards": sets.queries}
-
-    pool_rec = _stage(run, "pool", resume, pool)  # before Ray starts: bad input fails fast
+    pool_rec = _stage(run, "pool", resume, lambda: _pool_stage(cfg, run))  # before Ray starts: bad input fails fast
     if stop_after < 1:
         return run.path
     ensure_ray(cfg.ray)
     # the whole labelled evaluation set's keys and labels: checked (labels present) before any curation
     labelled = index_eval_sets(cfg, pool_rec) if (run.record("pretrain") is None or not resume) else None
 
-    def do_curate() -> dict[str, Any]:
-        res = curate(pool_rec["shards"], run.join("curated"), cfg.curate, seed=cfg.seed, intensity=cfg.data.intensity)
-        return {"manifest": str(res.manifest_path), "shards": res.shard_paths, "summary": res.summary}
-
-    cur_rec = _stage(run, "curate", resume, do_curate)
+    cur_rec = _stage(run, "curate", resume, lambda: _curate_stage(cfg, run, pool_rec))
     if stop_after < 2:
         return _partial_report(run)
-
-    def do_pretrain() -> dict[str, Any]:
-        from pipelines.feed import ShardPool
-
-        pool = ShardPool.from_manifest(cur_rec["manifest"], cur_rec["shards"])  # kept samples per curated shard
-        res = pretrain(cfg, pool, run.location, monitor_sets_for_run(cfg, pool_rec, cur_rec, labelled))
-        hist = res.history
-        storage.write_text(run.join("metrics.jsonl"), "".join(json.dumps(h) + "\n" for h in hist))
-        temperature = resolved_method_hparams(cfg).get("temperature")  # None: the method has none (BYOL, MAE, ...)
-        t = cfg.train
-        desc = (
-            f"{cfg.method.name} on {cfg.backbone.name}, {t.num_workers} Ray Train worker(s) "
-            f"(DDP, {'nccl' if t.use_gpu else 'gloo'}), global batch {t.batch_size}, {t.optimizer} lr {t.lr}, "
-            + (f"temperature {temperature}, " if temperature is not None else "") + f"{t.precision}."
-        )
-        return {"checkpoint": str(res.checkpoint_path), "history": hist, "seconds": res.seconds, "description": desc}
-
-    pt_rec = _stage(run, "pretrain", resume, do_pretrain)
+    pt_rec = _stage(run, "pretrain", resume, lambda: _pretrain_stage(cfg, run, pool_rec, cur_rec, labelled))
     if stop_after < 3:
         return _partial_report(run)
-
-    def do_evaluate() -> dict[str, Any]:
-        backbone = load_backbone(cfg, pt_rec["checkpoint"])
-        rep: dict[str, Any] = {}
-        if pool_rec.get("query_shards"):
-            bank = load_labelled(pool_rec["bank_shards"], cfg)
-            test = load_labelled(pool_rec["query_shards"], cfg)
-            # plots are drawn into a local folder; a bucket run directory then keeps its own copy
-            rep = full_evaluation(cfg, backbone, bank, test, storage.scratch_dir(run.location) if run.remote else run.path)
-            if run.remote and rep.get("embedding_plot"):
-                rep["embedding_plot"] = storage.put_file(rep["embedding_plot"], run.join(Path(rep["embedding_plot"]).name))
-            knn = rep["knn_top1"]
-            print(
-                f"[evaluate] {rep['protocol']}: raw pixels {knn['raw_pixels']:.3f}  random init {knn['random_init']:.3f}"
-                f"  pretrained {knn['pretrained']:.3f}  (gain {rep['gain_over_random_init'] * 100:+.1f} points)",
-                flush=True,
-            )
-        free = label_free_evaluation(cfg, backbone, cur_rec)
-        if free is not None:
-            rep["label_free"] = free
-            p, r = free["pretrained"], free["random_init"]
-            print(f"[evaluate] label-free on {free['sample_size']} pool images: RankMe {p['rankme']:.1f} (random init "
-                  f"{r['rankme']:.1f}), alignment {p['alignment']:.3f}, uniformity {p['uniformity']:.3f}, "
-                  f"feature std {p['feature_std']:.3f}", flush=True)
-        return rep
-
-    _stage(run, "evaluate", resume, do_evaluate)
+    _stage(run, "evaluate", resume, lambda: _evaluate_stage(cfg, run, pool_rec, cur_rec, pt_rec))
     if stop_after < 4:
         return _partial_report(run)
     report = _report(run)
     print(f"[run] done in {time.time() - t_run:.0f} s; report: {report}", flush=True)
     return run.path
+
+
+def _pool_stage(cfg: PipelineConfig, run: RunDir) -> dict[str, Any]:
+    """The pool's shards and the labelled bank/query shards: resolved (and checked) before Ray starts."""
+    from pipelines.eval_sets import resolve_eval_sets
+    from pipelines.sources import resolve_sources
+
+    shards, demo_queries = resolve_sources(cfg, run.join("pool"))
+    sets = resolve_eval_sets(cfg, run.join("pool"), demo_queries, shards)
+    return {"shards": shards, "bank_shards": sets.bank, "query_shards": sets.queries}
+
+
+def _curate_stage(cfg: PipelineConfig, run: RunDir, pool_rec: dict[str, Any]) -> dict[str, Any]:
+    """Curate the pool into ``RUN_DIR/curated``; the record keeps the manifest, shards and summary."""
+    from pipelines.curate import curate
+
+    res = curate(pool_rec["shards"], run.join("curated"), cfg.curate, seed=cfg.seed, intensity=cfg.data.intensity)
+    return {"manifest": str(res.manifest_path), "shards": res.shard_paths, "summary": res.summary}
+
+
+def _pretrain_stage(cfg: PipelineConfig, run: RunDir, pool_rec: dict[str, Any], cur_rec: dict[str, Any],
+                    labelled: dict[str, Any] | None) -> dict[str, Any]:
+    """Pretrain on the curated pool, write metrics.jsonl, and describe the setup in one line for the report."""
+    from pipelines.feed import ShardPool
+    from pipelines.models import resolved_method_hparams
+    from pipelines.monitor import monitor_sets_for_run
+    from pipelines.pretrain import pretrain
+
+    pool = ShardPool.from_manifest(cur_rec["manifest"], cur_rec["shards"])  # kept samples per curated shard
+    res = pretrain(cfg, pool, run.location, monitor_sets_for_run(cfg, pool_rec, cur_rec, labelled))
+    hist = res.history
+    storage.write_text(run.join("metrics.jsonl"), "".join(json.dumps(h) + "\n" for h in hist))
+    temperature = resolved_method_hparams(cfg).get("temperature")  # None: the method has none (BYOL, MAE, ...)
+    t = cfg.train
+    desc = (
+        f"{cfg.method.name} on {cfg.backbone.name}, {t.num_workers} Ray Train worker(s) "
+        f"(DDP, {'nccl' if t.use_gpu else 'gloo'}), global batch {t.batch_size}, {t.optimizer} lr {t.lr}, "
+        + (f"temperature {temperature}, " if temperature is not None else "") + f"{t.precision}."
+    )
+    return {"checkpoint": str(res.checkpoint_path), "history": hist, "seconds": res.seconds, "description": desc}
+
+
+def _evaluate_stage(cfg: PipelineConfig, run: RunDir, pool_rec: dict[str, Any], cur_rec: dict[str, Any],
+                    pt_rec: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate the pretrained backbone: the labelled protocol where there are labelled queries, then label-free."""
+    from pipelines.evaluate import full_evaluation, label_free_evaluation, load_labelled
+    from pipelines.pretrain import load_backbone
+
+    backbone = load_backbone(cfg, pt_rec["checkpoint"])
+    rep: dict[str, Any] = {}
+    if pool_rec.get("query_shards"):
+        bank = load_labelled(pool_rec["bank_shards"], cfg)
+        test = load_labelled(pool_rec["query_shards"], cfg)
+        # plots are drawn into a local folder; a bucket run directory then keeps its own copy
+        rep = full_evaluation(cfg, backbone, bank, test, storage.scratch_dir(run.location) if run.remote else run.path)
+        if run.remote and rep.get("embedding_plot"):
+            rep["embedding_plot"] = storage.put_file(rep["embedding_plot"], run.join(Path(rep["embedding_plot"]).name))
+        knn = rep["knn_top1"]
+        print(
+            f"[evaluate] {rep['protocol']}: raw pixels {knn['raw_pixels']:.3f}  random init {knn['random_init']:.3f}"
+            f"  pretrained {knn['pretrained']:.3f}  (gain {rep['gain_over_random_init'] * 100:+.1f} points)",
+            flush=True,
+        )
+    free = label_free_evaluation(cfg, backbone, cur_rec)
+    if free is not None:
+        rep["label_free"] = free
+        p, r = free["pretrained"], free["random_init"]
+        print(f"[evaluate] label-free on {free['sample_size']} pool images: RankMe {p['rankme']:.1f} (random init "
+              f"{r['rankme']:.1f}), alignment {p['alignment']:.3f}, uniformity {p['uniformity']:.3f}, "
+              f"feature std {p['feature_std']:.3f}", flush=True)
+    return rep

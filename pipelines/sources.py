@@ -192,14 +192,7 @@ def shard_source(src: str, dest: str, shard_size: int, fmt: str = "webdataset", 
     that was cut off - no sample lost or written twice. A re-run against a different input
     is refused rather than mixed in.
     """
-    if fmt not in SHARD_FORMATS:
-        raise InputError(f"unknown shard format {fmt!r}; use one of {', '.join(SHARD_FORMATS)}")
-    refuse_credentials(src)  # before anything is planned, listed or written (plan.json, summary.json keep src)
-    refuse_credentials(dest)
-    if shard_size < 1:
-        raise InputError("shard size must be >= 1")
-    if max_side < 0:
-        raise InputError("--max-side must be >= 1 (or 0 to keep every image as it is)")
+    _check_shard_options(src, dest, shard_size, fmt, max_side)
     started = time.perf_counter()
     runner = TaskRunner(workers, ray_config)
     plan = plan_source(src, labels, limit, fmt, runner)
@@ -207,67 +200,35 @@ def shard_source(src: str, dest: str, shard_size: int, fmt: str = "webdataset", 
 
     fs, root = filesystem_for(dest)
     root = root.rstrip("/")
-    suffix = SHARD_FORMATS[fmt]
     _check_plan_record(fs, root, dest, src, plan, fingerprint(plan, shard_size, fmt, max_side), shard_size, fmt)
     _remove_stale_temps(fs, root)
-    existing = _existing_outputs(fs, root)
-    names = [f"shard-{number:06d}{suffix}" for number in range(-(-plan.table.num_rows // shard_size))]
-    todo = [n for n, name in enumerate(names)
-            if name not in existing or f"_index/shard-{n:06d}.parquet" not in existing]
+    names, todo = _shards_to_write(fs, root, plan.table.num_rows, shard_size, SHARD_FORMATS[fmt])
     print(f"[shard] {plan.table.num_rows} samples listed in {listed - started:.1f} s ({plan.listing_tasks} listing "
           f"task(s)); {len(todo)} of {len(names)} shard(s) to write "
           f"{'as Ray tasks' if runner.uses_ray else 'in this process'}", flush=True)
-    table_ref = runner.put(plan.table) if todo else None
-    env = storage_env()
-    written: list[WrittenShard] = runner.map(write_shard_task, [
-        (table_ref, n * shard_size, min((n + 1) * shard_size, plan.table.num_rows), n, names[n], dest, fmt, max_side,
-         env) for n in todo], on_done=_progress(len(todo)))
+    written = _write_shards(runner, plan, names, todo, dest, shard_size, fmt, max_side)
     wrote = time.perf_counter()
 
-    sides = {w.number: w.side for w in written}
-    parts = []
-    for number in range(len(names)):
-        if number not in sides:  # finished by an earlier run
-            with fs.open_input_file(f"{root}/_index/shard-{number:06d}.parquet") as f:
-                sides[number] = pq.read_table(f)
-        parts.append(sides[number])
-    side = pa.concat_tables(parts) if parts else SIDE_SCHEMA.empty_table()
+    side = _side_table(fs, root, len(names), written)
     ok = side.filter(pa.compute.equal(side["reason"], "ok"))
-    index = ok.select(list(INDEX_COLUMNS) + ["source"]).sort_by("key")
-    bad = side.filter(pa.compute.not_equal(side["reason"], "ok")).select(["key", "source", "shard", "reason", "detail"])
-    plan_table = pa.Table.from_pylist([{"detail": "", **r} for r in plan.rejects], schema=bad.schema)
-    rejects = pa.concat_tables([plan_table, bad])
-    ignored = pa.table({"path": [p for p, _ in plan.ignored], "reason": [r for _, r in plan.ignored]},
-                       schema=pa.schema([("path", pa.string()), ("reason", pa.string())]))
+    index, rejects = _index_and_rejects(side, ok, plan)
     index_path, rejects_path, summary_path = f"{root}/index.parquet", f"{root}/rejects.parquet", f"{root}/summary.json"
     write_table(fs, index_path, index)
     write_table(fs, rejects_path, rejects)
-    write_table(fs, f"{root}/ignored.parquet", ignored)
+    write_table(fs, f"{root}/ignored.parquet", _ignored_table(plan))
     by_reason = dict(sorted(Counter(rejects.column("reason").to_pylist()).items()))
-    by_source: dict[str, dict[str, int]] = {}
-    for source, reason in zip(rejects.column("source").to_pylist(), rejects.column("reason").to_pylist()):
-        by_source.setdefault(source, {}).setdefault(reason, 0)
-        by_source[source][reason] += 1
     ignored_by_reason = dict(sorted(Counter(r for _, r in plan.ignored).items()))
     labelled = int(pa.compute.sum(pa.compute.greater_equal(index["label"], 0)).as_py() or 0)
     resized = int(pa.compute.sum(pa.compute.starts_with(ok["detail"], "resized")).as_py() or 0)
     summary = {
         "source": src, "format": fmt, "shards": len(names), "samples": index.num_rows,
-        "rejected": by_reason, "rejected_by_source": by_source, "shards_written_this_run": len(written),
+        "rejected": by_reason, "rejected_by_source": _rejects_by_source(rejects),
+        "shards_written_this_run": len(written),
         "labels": {"source": plan.label_source, "labelled": labelled, "unlabelled": index.num_rows - labelled,
                    "classes": plan.classes, **plan.label_stats},
         "max_side": max_side, "resized": resized,
-        "ignored": {"count": len(plan.ignored), "by_reason": ignored_by_reason,
-                    "reasons": {r: IGNORED_REASONS.get(r, r) for r in ignored_by_reason},
-                    "files": [{"path": p, "reason": r} for p, r in plan.ignored[:SUMMARY_IGNORED_LIMIT]],
-                    "all_files_in": "ignored.parquet"},
-        "this_run": {"ran": "ray" if runner.uses_ray else "in-process", "listing_tasks": plan.listing_tasks,
-                     "write_tasks": len(written), "processes": len({(w.node, w.pid) for w in written}),
-                     "nodes": len({w.node for w in written}),
-                     # ray_start: starting a local Ray (inside listing or writing, whichever needed it first)
-                     "seconds": {"listing": round(listed - started, 3), "writing": round(wrote - listed, 3),
-                                 "ray_start": round(runner.start_seconds, 3),
-                                 "total": round(time.perf_counter() - started, 3)}},
+        "ignored": _ignored_summary(plan, ignored_by_reason),
+        "this_run": _this_run_summary(runner, plan, written, started, listed, wrote),
     }
     with atomic_output(fs, summary_path) as f:
         f.write(json.dumps(summary, indent=2, sort_keys=True).encode())
@@ -279,6 +240,97 @@ def shard_source(src: str, dest: str, shard_size: int, fmt: str = "webdataset", 
           f"in {redact(dest)} ({len(written)} written now); rejected: {rejected_text}{ignored_text}", flush=True)
     return ShardReport(uris, join_uri(dest, index_path), join_uri(dest, rejects_path), join_uri(dest, summary_path),
                        index.num_rows, by_reason, ignored_by_reason, labelled, resized, plan.classes)
+
+
+def _check_shard_options(src: str, dest: str, shard_size: int, fmt: str, max_side: int) -> None:
+    """Refuse bad options in one line each, before anything is listed, planned or written."""
+    if fmt not in SHARD_FORMATS:
+        raise InputError(f"unknown shard format {fmt!r}; use one of {', '.join(SHARD_FORMATS)}")
+    refuse_credentials(src)  # before anything is planned, listed or written (plan.json, summary.json keep src)
+    refuse_credentials(dest)
+    if shard_size < 1:
+        raise InputError("shard size must be >= 1")
+    if max_side < 0:
+        raise InputError("--max-side must be >= 1 (or 0 to keep every image as it is)")
+
+
+def _shards_to_write(fs: pafs.FileSystem, root: str, samples: int, shard_size: int,
+                     suffix: str) -> tuple[list[str], list[int]]:
+    """Every shard name of the plan, and the numbers of those a re-run must still write.
+
+    A shard counts as finished only when both it and its index part exist: the index part is
+    written first, so a shard without one was cut off and is redone."""
+    existing = _existing_outputs(fs, root)
+    names = [f"shard-{number:06d}{suffix}" for number in range(-(-samples // shard_size))]
+    todo = [n for n, name in enumerate(names)
+            if name not in existing or f"_index/shard-{n:06d}.parquet" not in existing]
+    return names, todo
+
+
+def _write_shards(runner: TaskRunner, plan: SourcePlan, names: list[str], todo: list[int], dest: str,
+                  shard_size: int, fmt: str, max_side: int) -> list[WrittenShard]:
+    """Write the unfinished shards as tasks; the plan table is put in the object store once, not sent per task."""
+    table_ref = runner.put(plan.table) if todo else None
+    env = storage_env()
+    written: list[WrittenShard] = runner.map(write_shard_task, [
+        (table_ref, n * shard_size, min((n + 1) * shard_size, plan.table.num_rows), n, names[n], dest, fmt, max_side,
+         env) for n in todo], on_done=_progress(len(todo)))
+    return written
+
+
+def _side_table(fs: pafs.FileSystem, root: str, shards: int, written: list[WrittenShard]) -> pa.Table:
+    """Every shard's index part in shard order: this run's from memory, an earlier run's read back from disk."""
+    sides = {w.number: w.side for w in written}
+    parts = []
+    for number in range(shards):
+        if number not in sides:  # finished by an earlier run
+            with fs.open_input_file(f"{root}/_index/shard-{number:06d}.parquet") as f:
+                sides[number] = pq.read_table(f)
+        parts.append(sides[number])
+    return pa.concat_tables(parts) if parts else SIDE_SCHEMA.empty_table()
+
+
+def _index_and_rejects(side: pa.Table, ok: pa.Table, plan: SourcePlan) -> tuple[pa.Table, pa.Table]:
+    """The key-sorted index of kept samples, and every rejected one (the plan's first, then the writers')."""
+    index = ok.select(list(INDEX_COLUMNS) + ["source"]).sort_by("key")
+    bad = side.filter(pa.compute.not_equal(side["reason"], "ok")).select(["key", "source", "shard", "reason", "detail"])
+    plan_table = pa.Table.from_pylist([{"detail": "", **r} for r in plan.rejects], schema=bad.schema)
+    return index, pa.concat_tables([plan_table, bad])
+
+
+def _ignored_table(plan: SourcePlan) -> pa.Table:
+    """Every file the listing did not read, with its reason (summary.json names only the first ones)."""
+    return pa.table({"path": [p for p, _ in plan.ignored], "reason": [r for _, r in plan.ignored]},
+                    schema=pa.schema([("path", pa.string()), ("reason", pa.string())]))
+
+
+def _rejects_by_source(rejects: pa.Table) -> dict[str, dict[str, int]]:
+    """Rejected samples counted per input and reason, so a bad input shard or folder stands out."""
+    by_source: dict[str, dict[str, int]] = {}
+    for source, reason in zip(rejects.column("source").to_pylist(), rejects.column("reason").to_pylist()):
+        by_source.setdefault(source, {}).setdefault(reason, 0)
+        by_source[source][reason] += 1
+    return by_source
+
+
+def _ignored_summary(plan: SourcePlan, ignored_by_reason: dict[str, int]) -> dict[str, object]:
+    """summary.json's ignored-files section: counts, what each reason means, and the first files by name."""
+    return {"count": len(plan.ignored), "by_reason": ignored_by_reason,
+            "reasons": {r: IGNORED_REASONS.get(r, r) for r in ignored_by_reason},
+            "files": [{"path": p, "reason": r} for p, r in plan.ignored[:SUMMARY_IGNORED_LIMIT]],
+            "all_files_in": "ignored.parquet"}
+
+
+def _this_run_summary(runner: TaskRunner, plan: SourcePlan, written: list[WrittenShard], started: float,
+                      listed: float, wrote: float) -> dict[str, object]:
+    """summary.json's account of how this run ran: where, how many tasks, processes and nodes, and its timings."""
+    return {"ran": "ray" if runner.uses_ray else "in-process", "listing_tasks": plan.listing_tasks,
+            "write_tasks": len(written), "processes": len({(w.node, w.pid) for w in written}),
+            "nodes": len({w.node for w in written}),
+            # ray_start: starting a local Ray (inside listing or writing, whichever needed it first)
+            "seconds": {"listing": round(listed - started, 3), "writing": round(wrote - listed, 3),
+                        "ray_start": round(runner.start_seconds, 3),
+                        "total": round(time.perf_counter() - started, 3)}}
 
 
 def list_uri_shards(location: str, setting: str = "data.source") -> list[str]:

@@ -80,20 +80,7 @@ def weighted_knn_predict(
     deterministic and bank sizes here (≤ a few 10^5) make it cheap enough.
     """
     bank_labels = np.asarray(bank_labels).astype(np.int64, copy=False)
-    if bank.shape[0] != bank_labels.shape[0]:
-        raise ValueError("bank and bank_labels differ in length")
-    if bank.shape[0] == 0:
-        raise ValueError("empty bank")
-    if temperature <= 0:
-        raise ValueError("temperature must be positive")
-    if k < 1:
-        raise ValueError("k must be >= 1")
-    if bank_labels.min() < 0:
-        raise ValueError("labels must be non-negative")
-    if num_classes is None:
-        num_classes = int(bank_labels.max()) + 1
-    elif bank_labels.max() >= num_classes:
-        raise ValueError("a bank label is >= num_classes")
+    num_classes = _checked_num_classes(bank, bank_labels, k, temperature, num_classes)
 
     bank_n = l2_normalise(bank)
     query_n = l2_normalise(queries)
@@ -118,6 +105,27 @@ def weighted_knn_predict(
         np.add.at(votes, (rows, bank_labels[idx].ravel()), weights.ravel())
         preds[start : start + q.shape[0]] = votes.argmax(axis=1)
     return preds
+
+
+def _checked_num_classes(bank: np.ndarray, bank_labels: np.ndarray, k: int, temperature: float,
+                         num_classes: int | None) -> int:
+    """The number of classes, after refusing arguments the vote cannot use (each ValueError names the
+    argument) before any search is run."""
+    if bank.shape[0] != bank_labels.shape[0]:
+        raise ValueError("bank and bank_labels differ in length")
+    if bank.shape[0] == 0:
+        raise ValueError("empty bank")
+    if temperature <= 0:
+        raise ValueError("temperature must be positive")
+    if k < 1:
+        raise ValueError("k must be >= 1")
+    if bank_labels.min() < 0:
+        raise ValueError("labels must be non-negative")
+    if num_classes is None:
+        num_classes = int(bank_labels.max()) + 1
+    elif bank_labels.max() >= num_classes:
+        raise ValueError("a bank label is >= num_classes")
+    return num_classes
 
 
 def knn_accuracy(

@@ -160,6 +160,28 @@ def fit_linear_probe(
     if not weight_decays:
         raise ValueError("weight_decays must not be empty")
 
+    chosen_wd, best_val = _choose_weight_decay(x, y_np, num_classes, weight_decays, val_fraction, seed, max_iter)
+    mean, std = _standardise_stats(x)
+    z = torch.from_numpy((x - mean) / std).double()
+    w, b = _fit_lbfgs(z, torch.from_numpy(y_np), num_classes, chosen_wd, max_iter, None)
+    return LinearProbe(
+        mean=mean,
+        std=std,
+        weight=w.numpy().astype(np.float32),
+        bias=b.numpy().astype(np.float32),
+        weight_decay=chosen_wd,
+        validation_accuracy=best_val,
+    )
+
+
+def _choose_weight_decay(x: np.ndarray, y_np: np.ndarray, num_classes: int, weight_decays: list[float],
+                         val_fraction: float, seed: int, max_iter: int) -> tuple[float, float | None]:
+    """(weight decay, its validation accuracy): the best of the grid on a stratified validation split.
+
+    A single value is taken as given (no split, accuracy None); a split too small to hold a
+    validation sample falls back to ``FALLBACK_WEIGHT_DECAY``. Features are standardised with the
+    training part's statistics only, so the validation accuracy is not flattered by its own.
+    """
     chosen_wd = float(weight_decays[0])
     best_val: float | None = None
     if len(weight_decays) > 1:
@@ -181,18 +203,7 @@ def fit_linear_probe(
                 # Strict '>' keeps the stronger penalty on ties (the simpler model).
                 if best_val is None or acc > best_val:
                     best_val, chosen_wd = acc, float(wd)
-
-    mean, std = _standardise_stats(x)
-    z = torch.from_numpy((x - mean) / std).double()
-    w, b = _fit_lbfgs(z, torch.from_numpy(y_np), num_classes, chosen_wd, max_iter, None)
-    return LinearProbe(
-        mean=mean,
-        std=std,
-        weight=w.numpy().astype(np.float32),
-        bias=b.numpy().astype(np.float32),
-        weight_decay=chosen_wd,
-        validation_accuracy=best_val,
-    )
+    return chosen_wd, best_val
 
 
 def linear_probe_predict(
