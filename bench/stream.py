@@ -150,6 +150,27 @@ def make_photos(cifar: Path | None, out: Path, n: int, seed: int = 0) -> tuple[P
     return folder, [str(s) for s in shards]
 
 
+def colour_stage_rates(batch: int, seconds: float = 20.0) -> dict:
+    """Images/s (two views each) of the worker's colour stage alone at 224 px, in this process, at 1 and 2
+    torch threads: where the 224 px feed's time goes once crops exist."""
+    import torch
+
+    from ssl_models.augment import colour_views
+
+    recipe, gen = imagenet_recipe(), torch.Generator().manual_seed(0)
+    crops = torch.randint(0, 256, (batch, 3, 224, 224), dtype=torch.uint8, generator=gen)
+    colour_views(crops, recipe, gen)  # warm-up
+    rates = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        t0, views = time.perf_counter(), 0
+        while time.perf_counter() - t0 < seconds:
+            colour_views(crops, recipe, gen)
+            views += batch
+        rates[f"threads_{threads}_images_per_s"] = round(views / 2 / (time.perf_counter() - t0), 1)
+    return rates
+
+
 def imagenet_recipe():
     from ssl_models.augment import ViewRecipe
 
@@ -377,11 +398,16 @@ def main() -> None:
     parser.add_argument("--gpu-model", default="resnet50")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: memory,speed,feed224")
     parser.add_argument("--quick", action="store_true", help="smoke size: 2k/6k pools, 10 steps, small model")
+    parser.add_argument("--colour-only", action="store_true",
+                        help="only the 224 px colour stage (colour_views on uint8 crops, batch 64) at 1 and 2 threads")
     parser.add_argument("--workdir", help="keep generated shards and photos here (default: a temp dir)")
     parser.add_argument("--reuse", action="store_true", help="reuse parts already measured in --workdir")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.colour_only:  # synthetic crops: no CIFAR-10 needed
+        print(json.dumps(colour_stage_rates(args.batch)))
+        return
     if args.child:
         _child(args)
         return
