@@ -1,7 +1,7 @@
 """Start or join Ray with settings that work on a laptop and on a cluster.
 
 Locally we give Ray 2x the physical cores as logical CPUs: train workers hold
-their CPUs for the whole run, and on a 2-core machine Ray Data's read tasks
+their CPUs for the whole run, and on a node with few cores Ray Data's read tasks
 would otherwise never get one and the job would hang. The dashboard listens
 on 127.0.0.1 only unless ``ray.dashboard_host`` says otherwise.
 
@@ -114,6 +114,6 @@ def ensure_ray(cfg: RayConfig) -> None:
     if address:
         ray.init(**{"address": address, "logging_level": logging.WARNING, **console})
     else:
-        init_local_ray(cfg, address="local", **console)  # never a `ray start` cluster found on this host
+        init_local_ray(cfg, address="local", **console)  # a new local Ray, never one that `ray start` left running
         ray.data.DataContext.get_current().enable_progress_bars = True
     route_ray_output()

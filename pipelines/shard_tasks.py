@@ -50,7 +50,7 @@ class TaskRunner:
                 ensure_ray(cfg)
             else:
                 # ensure_ray's local Ray, but always a new one: a bare ray.init() would join a cluster that
-                # someone started on this machine with `ray start` (and fail on num_cpus)
+                # a local `ray start` left running (and fail on num_cpus)
                 init_local_ray(cfg, address="local")
             self.start_seconds = time.perf_counter() - began
 
