@@ -291,7 +291,7 @@ def attach_run_log(run_dir: str | Path, name: str = LOG_NAME) -> Optional[Path]:
     """In quiet mode, open ``run_dir/name`` (appending) and say once where it is; None otherwise."""
     if not _console.quiet:
         return None
-    if "://" in str(run_dir):  # an object-store run directory: the log is appended locally (a bucket object cannot be appended to)
+    if "://" in str(run_dir):  # a bucket run directory: the log stays local (objects cannot be appended to)
         path = Path(tempfile.gettempdir()) / "sslpipe-logs" / f"{int(time.time())}-{name}"
     else:
         path = Path(run_dir).resolve() / name
