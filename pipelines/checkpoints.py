@@ -32,6 +32,7 @@ from pipelines.config import (
     upgrade_stored_config,
 )
 from pipelines.models import build_method_from_config, view_recipe
+from pipelines.train_checkpoints import CheckpointRefused, read_state
 from ssl_models.backbones import SmallConvNet
 from ssl_models.vit import VisionTransformer
 
@@ -46,12 +47,10 @@ def load_checkpoint(path: str | Path) -> tuple[PipelineConfig, dict[str, Any]]:
     if not storage.is_file(path):
         raise InputError(f"checkpoint not found: {path} (pass the checkpoint.pt of a run directory)")
     try:
-        with storage.local_copy(path) as local:
-            state = torch.load(local, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - pickled code, truncation, not a torch file
-        raise InputError(f"{path} is not a loadable sslpipe checkpoint (weights-only load refused it: "
-                         f"{str(exc).splitlines()[0][:160]})") from None
-    if not isinstance(state, dict) or "method" not in state or "config" not in state:
+        state = read_state(path)
+    except CheckpointRefused as exc:
+        raise InputError(f"{path} is not a loadable sslpipe checkpoint ({exc})") from None
+    if "method" not in state or "config" not in state:
         raise InputError(f"{path} is not an sslpipe checkpoint (no method weights and config inside)")
     try:
         return config_from_dict(_without_ignored_method_keys(upgrade_stored_config(state["config"]))), state

@@ -30,7 +30,7 @@ from pipelines.feed import ShardPool, choose_cache
 from pipelines.models import build_method_from_config
 from pipelines.monitor import MonitorSets
 from pipelines.ranks import sum_over_ranks as _sum_over_ranks
-from pipelines.train_checkpoints import CHECKPOINT_FILE, CheckpointRefused, refused_checkpoint
+from pipelines.train_checkpoints import CHECKPOINT_FILE, CheckpointRefused, read_state, refused_checkpoint
 from pipelines.train_loop import train_loop
 from pipelines.train_model import build_optimizer as _build_optimizer, compile_backbone, eager_only
 
@@ -203,7 +203,7 @@ def _keep_final_checkpoint(result: Result, run_dir: str) -> tuple[str, list[dict
     final = storage.join(run_dir, "checkpoint.pt")
     with result.checkpoint.as_directory() as d:  # a bucket checkpoint is downloaded to a temp folder
         storage.put_file(Path(d) / CHECKPOINT_FILE, final)
-        state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        state = read_state(Path(d) / CHECKPOINT_FILE)
     return final, list(state["history"])
 
 

@@ -17,6 +17,7 @@ import torch
 from ray.train import Checkpoint
 
 import storage
+from storage import InputError
 
 CHECKPOINT_FILE = "state.pt"
 
@@ -59,19 +60,41 @@ def latest_local_checkpoint(root: str) -> Checkpoint | None:
     return None
 
 
-class CheckpointRefused(ValueError):
-    """A checkpoint to resume from that a weights-only load refuses (pickled code, truncation)."""
+class CheckpointRefused(InputError):
+    """A checkpoint that a weights-only load refuses (pickled code, truncation, not a torch file)."""
+
+
+def read_state(path: str | Path, action: str = "load") -> dict[str, Any]:
+    """The one weights-only load of a checkpoint file, local or in object storage: a checkpoint is untrusted
+    input, so anything else is one ``CheckpointRefused`` line ("cannot ACTION PATH: ...")."""
+    try:
+        with storage.local_copy(path) as local:
+            state = torch.load(local, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickled code, truncation, not a torch file
+        raise CheckpointRefused(
+            f"cannot {action} {path}: a weights-only load refused it ({str(exc).splitlines()[0][:160]})") from None
+    if not isinstance(state, dict):
+        raise CheckpointRefused(f"cannot {action} {path}: it holds a {type(state).__name__}, not a checkpoint's dict")
+    return state
 
 
 def load_resume_state(path: Path) -> dict[str, Any]:
-    """Weights-only load of a checkpoint to resume from: a checkpoint is untrusted input."""
+    """Weights-only load of a checkpoint to resume from, with what to do about a refused one."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - pickled code, truncation, not a torch file
-        raise CheckpointRefused(
-            f"cannot resume from {path}: a weights-only load refused it ({str(exc).splitlines()[0][:160]}); "
-            "remove that checkpoint directory to resume from an earlier one, or start over with --overwrite"
-        ) from None
+        return read_state(path, "resume from")
+    except CheckpointRefused as exc:
+        raise CheckpointRefused(f"{exc}; remove that checkpoint directory to resume from an earlier one, or start "
+                                "over with --overwrite") from None
+
+
+def checkpoint_epoch(name: str) -> int:
+    """The epochs finished in a checkpoint folder named by ``checkpoint_name`` (``epoch_NNNNNN[_step_S]``)."""
+    return int(name.split("_")[1])
+
+
+def local_checkpoint_folders(root: Path) -> list[Path]:
+    """An in-process run's ``epoch_*`` checkpoint folders under ``root``, oldest first (names sort in order)."""
+    return sorted(root.glob("epoch_*")) if root.exists() else []
 
 
 def refused_checkpoint(exc: BaseException) -> CheckpointRefused | None:
