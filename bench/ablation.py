@@ -268,7 +268,7 @@ def init_key(cfg) -> str:
 
 def sslpipe_init_knn(quality, args, bank, queries, records, opts, results: Path) -> float:
     """kNN of sslpipe's untrained backbone for this config (cached in the results file by ``init_key``)."""
-    from pipelines.evaluate import embed
+    from pipelines.eval_stage import embed
     from pipelines.models import build_method_from_config
 
     cfg = quality.sslpipe_config(Path(tempfile.gettempdir()) / "unused-run-dir", args)
@@ -336,7 +336,7 @@ def init_knn_both_ways(quality, name: str, seed: int, opts, bank, queries,
                                    for s in range(0, len(images), 512)])
         key = {"system": "lightly", "seed": seed}
     else:
-        from pipelines.evaluate import embed as sslpipe_embed
+        from pipelines.eval_stage import embed as sslpipe_embed
         from pipelines.models import build_method_from_config, view_recipe
         from ssl_models.augment import normalize_batch
 

@@ -274,7 +274,7 @@ def run_sslpipe(root: Path, work: Path, args, bank, queries, extra: tuple[str, .
     import ray
 
     from pipelines.readers import read_decoded
-    from pipelines.evaluate import embed as sslpipe_embed
+    from pipelines.eval_stage import embed as sslpipe_embed
     from pipelines.models import build_method_from_config
     from pipelines.pretrain import load_backbone, pretrain
     from pipelines.ray_runtime import init_local_ray

@@ -163,7 +163,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     from pipelines.atomic import write_json_atomic, write_text_atomic
     from pipelines.checkpoints import load_backbone_from_checkpoint
-    from pipelines.evaluate import full_evaluation, load_labelled
+    from pipelines.eval_stage import full_evaluation, load_labelled
     from pipelines.ray_runtime import ensure_ray
     from pipelines.report import CSS, evaluation_sections
     from pipelines.sources import resolve_location

@@ -1,5 +1,9 @@
 """What the terminal shows: sslpipe's own progress, warnings and errors; everything else goes to a log file.
 
+One channel per kind of output: sslpipe's progress lines go through ``say`` (driver and workers alike);
+diagnostics through ``logging`` (the run log in quiet mode; warnings of sslpipe's loggers also reach the
+terminal); ``print`` is left to the CLI's results and errors (``cli.py``) and to the standalone export loader.
+
 ``say`` writes progress lines, also from inside Ray Train workers. Ray Train V2 replaces ``print`` in its
 workers with a version that logs the message through the root logger (to the worker's stderr) *and*,
 whenever ``sys.stdout`` is not ``sys.__stdout__``, also prints it. Ray's workers always wrap

@@ -28,6 +28,7 @@ from curation.manifest import MANIFEST_SCHEMA, check_conservation, reason_counts
 from curation.shards import Sample, list_shards, write_tar_stream
 from curation.validate import ValidationRules
 from curation.decode import Intensity
+from pipelines.console import say
 from pipelines.atomic import write_json_atomic
 from pipelines.config import CurateConfig
 from pipelines.readers import map_shards
@@ -123,10 +124,10 @@ def _embeddings(paths: list[str], keys: list[str], out_dir: str, cfg: CurateConf
     on a Ray Data actor pool and saved, so re-clustering with other parameters never re-embeds."""
     cache, cache_keys = storage.join(out_dir, "embeddings.npy"), storage.join(out_dir, "embedding_keys.json")
     if storage.is_file(cache) and storage.is_file(cache_keys) and storage.read_json(cache_keys) == keys:
-        print(f"[curate] reusing {len(keys)} embeddings from {cache}", flush=True)
+        say(f"[curate] reusing {len(keys)} embeddings from {cache}")
         with storage.local_copy(cache) as local:
             return np.load(local)
-    print(f"[curate] embedding {len(keys)} images ({cfg.embedder}, {cfg.embed_actors} actor(s))", flush=True)
+    say(f"[curate] embedding {len(keys)} images ({cfg.embedder}, {cfg.embed_actors} actor(s))")
     wanted = frozenset(keys)
     ds = map_shards(paths, _keep_keys, {"keys": wanted}, rows_per_batch=1024)
     # images are embedded as RGB (grayscale replicated), so one embedder serves every data set
@@ -269,12 +270,12 @@ def curate(
     t0 = time.time()
     paths = shard_location if isinstance(shard_location, list) else list_shards(shard_location)
     out_dir = str(out_dir)
-    print(f"[curate] pass 1/2: decode, validate and hash {len(paths)} shard(s)", flush=True)
+    say(f"[curate] pass 1/2: decode, validate and hash {len(paths)} shard(s)")
     manifest, stage_info = _decide_manifest(paths, out_dir, cfg, embedder_factory, seed, intensity)
     manifest_path = write_table_atomic(manifest, storage.join(out_dir, "manifest.parquet"))
     t1 = time.time()
 
-    print(f"[curate] pass 2/2: write kept samples of {len(paths)} shard(s)", flush=True)
+    say(f"[curate] pass 2/2: write kept samples of {len(paths)} shard(s)")
     curated = _write_curated_shards(paths, _kept_keys_by_source(manifest, paths), out_dir)
 
     counts = reason_counts(manifest)
@@ -292,8 +293,8 @@ def curate(
         **_class_balance(manifest),
     }
     summary_path = write_json_atomic(summary, storage.join(out_dir, "summary.json"))
-    print(f"[curate] kept {kept_n} of {manifest.num_rows}; removed: "
-          + ", ".join(f"{k} {v}" for k, v in counts.items() if k != "ok"), flush=True)
+    say(f"[curate] kept {kept_n} of {manifest.num_rows}; removed: "
+        + ", ".join(f"{k} {v}" for k, v in counts.items() if k != "ok"))
     return CurationResult(manifest_path, summary_path, curated, summary)
 
 

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import yaml
 
 import storage
+from pipelines.console import say
 from pipelines.config import PipelineConfig, config_to_dict
 from pipelines.console import attach_run_log
 from pipelines.ray_runtime import ensure_ray
@@ -94,7 +95,7 @@ def prepare_run_dir(cfg: PipelineConfig, resume: bool, overwrite: bool) -> RunDi
     resolved = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
     old = run.join("config.yaml")
     if resume and storage.is_file(old) and storage.read_text(old) != resolved:
-        print(f"[run] note: config differs from the one in {old}; finished stages keep their old results", flush=True)
+        say(f"[run] note: config differs from the one in {old}; finished stages keep their old results")
     storage.write_text(old, resolved)
     return run
 
@@ -102,9 +103,9 @@ def prepare_run_dir(cfg: PipelineConfig, resume: bool, overwrite: bool) -> RunDi
 def _stage(run: RunDir, name: str, resume: bool, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     done = run.record(name) if resume else None
     if done is not None:
-        print(f"[run] {name}: already done, skipping (resume)", flush=True)
+        say(f"[run] {name}: already done, skipping (resume)")
         return done
-    print(f"[run] ===== {name} =====", flush=True)
+    say(f"[run] ===== {name} =====")
     t0 = time.time()
     data = fn()
     data.setdefault("seconds", round(time.time() - t0, 2))
@@ -124,7 +125,7 @@ def _partial_report(run: RunDir) -> Path | str:
     """A job stopped early (``sslpipe curate``, ``sslpipe pretrain``) still gets its report: the
     curation plots (class histogram, cluster sizes before/after, removed duplicates next to what
     they duplicate) are what a curation-only user looks at."""
-    print(f"[run] report: {_report(run)}", flush=True)
+    say(f"[run] report: {_report(run)}")
     return run.path
 
 
@@ -160,7 +161,7 @@ def run_pipeline(cfg: PipelineConfig, *, resume: bool = False, overwrite: bool =
     if stop_after < 4:
         return _partial_report(run)
     report = _report(run)
-    print(f"[run] done in {time.time() - t_run:.0f} s; report: {report}", flush=True)
+    say(f"[run] done in {time.time() - t_run:.0f} s; report: {report}")
     return run.path
 
 
@@ -207,7 +208,7 @@ def _pretrain_stage(cfg: PipelineConfig, run: RunDir, pool_rec: dict[str, Any], 
 def _evaluate_stage(cfg: PipelineConfig, run: RunDir, pool_rec: dict[str, Any], cur_rec: dict[str, Any],
                     pt_rec: dict[str, Any]) -> dict[str, Any]:
     """Evaluate the pretrained backbone: the labelled protocol where there are labelled queries, then label-free."""
-    from pipelines.evaluate import full_evaluation, label_free_evaluation, load_labelled
+    from pipelines.eval_stage import full_evaluation, label_free_evaluation, load_labelled
     from pipelines.pretrain import load_backbone
 
     backbone = load_backbone(cfg, pt_rec["checkpoint"])
@@ -220,16 +221,15 @@ def _evaluate_stage(cfg: PipelineConfig, run: RunDir, pool_rec: dict[str, Any], 
         if run.remote and rep.get("embedding_plot"):
             rep["embedding_plot"] = storage.put_file(rep["embedding_plot"], run.join(Path(rep["embedding_plot"]).name))
         knn = rep["knn_top1"]
-        print(
+        say(
             f"[evaluate] {rep['protocol']}: raw pixels {knn['raw_pixels']:.3f}  random init {knn['random_init']:.3f}"
-            f"  pretrained {knn['pretrained']:.3f}  (gain {rep['gain_over_random_init'] * 100:+.1f} points)",
-            flush=True,
+            f"  pretrained {knn['pretrained']:.3f}  (gain {rep['gain_over_random_init'] * 100:+.1f} points)"
         )
     free = label_free_evaluation(cfg, backbone, cur_rec)
     if free is not None:
         rep["label_free"] = free
         p, r = free["pretrained"], free["random_init"]
-        print(f"[evaluate] label-free on {free['sample_size']} pool images: RankMe {p['rankme']:.1f} (random init "
-              f"{r['rankme']:.1f}), alignment {p['alignment']:.3f}, uniformity {p['uniformity']:.3f}, "
-              f"feature std {p['feature_std']:.3f}", flush=True)
+        say(f"[evaluate] label-free on {free['sample_size']} pool images: RankMe {p['rankme']:.1f} (random init "
+            f"{r['rankme']:.1f}), alignment {p['alignment']:.3f}, uniformity {p['uniformity']:.3f}, "
+            f"feature std {p['feature_std']:.3f}")
     return rep

@@ -35,6 +35,7 @@ from curation.planting import encode_png, plant_pool
 from curation.redact import redact, refuse_credentials
 from curation.shards import Sample, list_shards, write_shards
 import storage
+from pipelines.console import say
 from pipelines.config import RayConfig, PipelineConfig
 from pipelines.shard_listing import FOLDER_IGNORED_REASONS
 from pipelines.shard_plan import SourcePlan, fingerprint, plan_source
@@ -157,7 +158,7 @@ def _progress(total: int) -> Callable[[int], None]:
 
     def report(done: int) -> None:
         if total >= 20 and (done % step == 0) and done < total:
-            print(f"[shard] {done}/{total} shards written", flush=True)
+            say(f"[shard] {done}/{total} shards written")
 
     return report
 
@@ -203,9 +204,9 @@ def shard_source(src: str, dest: str, shard_size: int, fmt: str = "webdataset", 
     _check_plan_record(fs, root, dest, src, plan, fingerprint(plan, shard_size, fmt, max_side), shard_size, fmt)
     _remove_stale_temps(fs, root)
     names, todo = _shards_to_write(fs, root, plan.table.num_rows, shard_size, SHARD_FORMATS[fmt])
-    print(f"[shard] {plan.table.num_rows} samples listed in {listed - started:.1f} s ({plan.listing_tasks} listing "
-          f"task(s)); {len(todo)} of {len(names)} shard(s) to write "
-          f"{'as Ray tasks' if runner.uses_ray else 'in this process'}", flush=True)
+    say(f"[shard] {plan.table.num_rows} samples listed in {listed - started:.1f} s ({plan.listing_tasks} listing "
+        f"task(s)); {len(todo)} of {len(names)} shard(s) to write "
+        f"{'as Ray tasks' if runner.uses_ray else 'in this process'}")
     written = _write_shards(runner, plan, names, todo, dest, shard_size, fmt, max_side)
     wrote = time.perf_counter()
 
@@ -236,8 +237,8 @@ def shard_source(src: str, dest: str, shard_size: int, fmt: str = "webdataset", 
     rejected_text = ", ".join(f"{k} {v}" for k, v in by_reason.items()) or "none"
     ignored_text = (f"; ignored {len(plan.ignored)} file(s) ({', '.join(f'{k} {v}' for k, v in ignored_by_reason.items())};"
                     " listed in summary.json and ignored.parquet)" if plan.ignored else "")
-    print(f"[shard] {index.num_rows} samples ({labelled} labelled) from {redact(src)} -> {len(names)} {fmt} shard(s) "
-          f"in {redact(dest)} ({len(written)} written now); rejected: {rejected_text}{ignored_text}", flush=True)
+    say(f"[shard] {index.num_rows} samples ({labelled} labelled) from {redact(src)} -> {len(names)} {fmt} shard(s) "
+        f"in {redact(dest)} ({len(written)} written now); rejected: {rejected_text}{ignored_text}")
     return ShardReport(uris, join_uri(dest, index_path), join_uri(dest, rejects_path), join_uri(dest, summary_path),
                        index.num_rows, by_reason, ignored_by_reason, labelled, resized, plan.classes)
 

@@ -12,6 +12,7 @@ import argparse
 import sys
 from typing import Any
 
+from pipelines.console import say
 from pipelines.sweeps.driver import run_sweep, trial_cpus
 from pipelines.sweeps.locations import check_sweep_locations, experiment_path, storage_root, sweep_dir
 from pipelines.sweeps.report import build_sweep_report, format_table, knn_vs_param_plot, learning_curves_plot
@@ -52,9 +53,9 @@ def run_sweep_cli(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"ray.address={args.address}"] if args.address else [])
     spec = load_search_space(args.config, overrides)
     result = run_sweep(spec.base, spec, resume=args.resume, overwrite=args.overwrite)
-    print(format_table(spec, result.rows), flush=True)
-    print(f"[sweep] best: {result.best['trial_id']} {spec.metric} {result.best[spec.metric]:.4f}; table {result.table_path}; "
-          f"best config {result.best_config_path}; report {result.report_path}", flush=True)
+    say(format_table(spec, result.rows))
+    say(f"[sweep] best: {result.best['trial_id']} {spec.metric} {result.best[spec.metric]:.4f}; table {result.table_path}; "
+        f"best config {result.best_config_path}; report {result.report_path}")
     return 0
 
 

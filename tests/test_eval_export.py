@@ -73,7 +73,7 @@ def _features_outside_sslpipe(export_dir: Path, images: np.ndarray, tmp_path: Pa
 
 def _assert_same_features(export_dir: Path, ckpt: Path, images: np.ndarray, tmp_path: Path) -> None:
     from pipelines.checkpoints import load_backbone_from_checkpoint
-    from pipelines.evaluate import embed
+    from pipelines.eval_stage import embed
 
     cfg, backbone = load_backbone_from_checkpoint(ckpt)
     expected = embed(backbone, images, cfg)  # sslpipe's evaluation features

@@ -86,7 +86,7 @@ def test_data_intensity_reaches_curation_evaluation_and_the_monitor(ray_session,
     monitor's sample decoder."""
     from curation.shards import Sample, write_shard
     from pipelines.config import load_config
-    from pipelines.evaluate import load_labelled
+    from pipelines.eval_stage import load_labelled
     from pipelines.monitor import selected_dataset
     from pipelines.run import RunDir, run_pipeline
 

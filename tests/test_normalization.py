@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from pipelines.config import ConfigError, load_config
-from pipelines.evaluate import embed
+from pipelines.eval_stage import embed
 from pipelines.models import view_recipe
 from ssl_models.augment import RENDERERS, sample_view_params, apply_view_params
 

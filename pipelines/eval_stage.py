@@ -1,4 +1,7 @@
-"""Evaluation of an encoder on frozen features, with the baselines that give it meaning.
+"""The evaluate stage: an encoder on frozen features, with the baselines that give it meaning.
+
+(The protocols themselves, kNN, linear probe, few-shot, long tail, robustness, are in
+``pipelines/evaluation/``; this module runs them over a run's labelled sets.)
 
 A kNN accuracy alone says little: on easy data raw pixels or a random network
 already score high. So every evaluation reports the trained encoder next to
