@@ -192,6 +192,9 @@ class EvalConfig:
     #: weighted kNN protocol (DINO's k=20, T=0.07 by default)
     knn_k: int = 20
     knn_temperature: float = 0.07
+    #: class ids whose mean per-class kNN accuracy the online monitor also reports as ``knn_tail_top1``
+    #: (the rare classes a long-tailed pool under-represents; empty = not reported)
+    tail_classes: list[int] = field(default_factory=list)
     #: multinomial logistic regression on frozen, standardised features (null = on when there is a labelled set)
     linear_probe: Optional[bool] = None
     #: few-shot (1 % and 10 % of labels) random draws; 0 = off (null = 5 when there is a labelled set)
@@ -206,6 +209,9 @@ class EvalConfig:
         check(self.few_shot_tries is None or self.few_shot_tries >= 0, f"{path}.few_shot_tries",
               "an integer >= 0 (0 = off) or null")
         check(self.knn_temperature > 0, f"{path}.knn_temperature", "a number > 0")
+        check(all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in self.tail_classes)
+              and len(set(self.tail_classes)) == len(self.tail_classes), f"{path}.tail_classes",
+              "a list of distinct class ids >= 0, e.g. [7, 8, 9]")
         check(self.limit >= 0, f"{path}.limit", "an integer >= 0 (0 = no limit)")
         if (self.bank_source is None) != (self.query_source is None):
             given, missing = ("bank_source", "query_source") if self.query_source is None else ("query_source",

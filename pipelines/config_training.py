@@ -116,7 +116,7 @@ class TrainConfig:
     max_failures: int = 1
     #: torch threads per worker; 0 = cpus_per_worker rounded up
     threads_per_worker: int = 0
-    #: the online monitor (pipelines/monitor.py) every N epochs (0 = off): kNN top-1 on the labelled
+    #: the online monitor (pipelines/monitor.py) every N epochs and at the last one (0 = off): kNN top-1 on the labelled
     #: evaluation set where there is one, and the label-free metrics; what sweeps rank trials by
     knn_monitor_every: int = 1
     #: the monitor's kNN bank: a seeded random sample of eval.bank_source, stratified by class
@@ -189,7 +189,8 @@ class TrainConfig:
 class DynamicConfig:
     """Dynamic dataset pruning during pretraining (README, "What is in the box": dynamic pruning)."""
 
-    policy: Literal["none", "cluster_balance", "loss_based"] = "none"
+    #: ``random`` re-draws a random keep_fraction each round: the control that shows what a selection rule is worth
+    policy: Literal["none", "cluster_balance", "loss_based", "random"] = "none"
     #: epochs on the full pool before the first round
     warmup_epochs: int = 1
     #: a new round (re-embed, re-cluster, re-select) every this many epochs

@@ -8,6 +8,9 @@ and training continues on a subset until the next round:
   keeps ``keep_fraction``: over-represented modes are thinned, rare ones kept whole.
 - ``loss_based`` (SCAN-style): samples whose two augmented views the model already maps
   close together (the alignment part of the SSL loss) are easy; the easiest are pruned.
+- ``random``: a fresh random ``keep_fraction`` every round, no embedding. The control for the
+  two above: the same subset size and the same number of rounds, without a selection rule, so a
+  comparison says what the rule itself is worth (bench/pruning_grid.py).
 
 Two implementations, one per feed (``data.cache``):
 
@@ -101,6 +104,9 @@ def select_subset(
         chosen = np.flatnonzero(keep)
         info.update(levels=ks, cluster_entropy_before=normalized_entropy(finest, ks[0]),
                     cluster_entropy_after=normalized_entropy(finest[keep], ks[0]))
+    elif policy == "random":
+        chosen = np.sort(rng.choice(n, size=target, replace=False))
+        t_embed = 0.0
     elif policy == "loss_based":
         gen = torch.Generator().manual_seed(seed)
         a = _features(backbone, images, recipe, views=True, gen=gen)
@@ -111,7 +117,7 @@ def select_subset(
         info["mean_alignment_kept"] = float(alignment[chosen].mean())
         info["mean_alignment_pruned"] = float(alignment[np.setdiff1d(np.arange(n), chosen)].mean()) if target < n else 0.0
     else:
-        raise ValueError(f"unknown pruning policy {policy!r}; choose cluster_balance or loss_based")
+        raise ValueError(f"unknown pruning policy {policy!r}; choose cluster_balance, loss_based or random")
     lab = labels.numpy()
     if (lab >= 0).any():
         k = int(lab.max()) + 1
@@ -210,8 +216,9 @@ class RoundEmbedder:
 
 def _run_round_job(cfg: "PipelineConfig", pool: "ShardPool", weights: Any, mode: str, *, subset: tuple[int, float] | None = None,
                    centroids: np.ndarray | None = None, mean: np.ndarray | None = None, seed: int = 0) -> dict[str, np.ndarray]:
-    """One pass of a round over the pool (or its subset): read + decode tasks, then the embedding actors.
-    Rows come back sorted by (shard, key), so the round does not depend on which task finished first."""
+    """One pass of a round over the pool (or its subset): read + decode tasks, then the embedding actors
+    (mode ``keys``: no actors, only key, shard and label come back). Rows come back sorted by (shard, key),
+    so the round does not depend on which task finished first."""
     from ray.data import ActorPoolStrategy
 
     from pipelines.readers import map_shards
@@ -223,11 +230,14 @@ def _run_round_job(cfg: "PipelineConfig", pool: "ShardPool", weights: Any, mode:
                                                      "shard_index": shard_index, "subset": subset,
                                                      "max_pixels": cfg.curate.max_pixels,
                                                      "intensity": cfg.data.intensity})
-    ds = ds.map_batches(RoundEmbedder, batch_size=256, compute=ActorPoolStrategy(size=dyn.embed_actors),
-                        num_cpus=1, num_gpus=dyn.embed_num_gpus or None,
-                        fn_constructor_kwargs={"config": config_to_dict(cfg), "weights": [weights], "mode": mode,
-                                               "centroids": centroids, "mean": mean, "seed": seed,
-                                               "use_gpu": dyn.embed_num_gpus > 0})
+    if mode == "keys":
+        ds = ds.drop_columns(["image"])
+    else:
+        ds = ds.map_batches(RoundEmbedder, batch_size=256, compute=ActorPoolStrategy(size=dyn.embed_actors),
+                            num_cpus=1, num_gpus=dyn.embed_num_gpus or None,
+                            fn_constructor_kwargs={"config": config_to_dict(cfg), "weights": [weights], "mode": mode,
+                                                   "centroids": centroids, "mean": mean, "seed": seed,
+                                                   "use_gpu": dyn.embed_num_gpus > 0})
     parts: dict[str, list[np.ndarray]] = {}
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for name, values in batch.items():
@@ -262,8 +272,14 @@ def stream_round(cfg: "PipelineConfig", backbone: torch.nn.Module, pool: "ShardP
         rows, chosen, t_embed = _cluster_balance_choice(cfg, pool, weights, seed, t0, info)
     elif dyn.policy == "loss_based":
         rows, chosen, t_embed = _loss_based_choice(cfg, pool, weights, seed, t0, info)
+    elif dyn.policy == "random":
+        rows = _run_round_job(cfg, pool, weights, "keys")
+        t_embed = 0.0
+        n = len(rows["key"])
+        chosen = np.sort(np.random.default_rng(seed).choice(n, size=max(1, int(round(dyn.keep_fraction * n))),
+                                                            replace=False))
     else:
-        raise ValueError(f"unknown pruning policy {dyn.policy!r}; choose cluster_balance or loss_based")
+        raise ValueError(f"unknown pruning policy {dyn.policy!r}; choose cluster_balance, loss_based or random")
     n = len(rows["key"])
     info.update(pool=n, kept=int(len(chosen)), unread=n_pool - n)
     _class_entropies(rows["label"], chosen, info)

@@ -210,6 +210,15 @@ def monitor_sets_for_run(cfg: PipelineConfig, pool_rec: dict[str, Any], cur_rec:
 # --------------------------------------------------------------------------- in the training loop
 
 
+def tail_accuracy(preds: np.ndarray, truth: np.ndarray, tail_classes: Sequence[int]) -> float:
+    """Mean per-class accuracy over the tail classes present among the queries (NaN if none is): each
+    rare class counts the same, however few queries it has."""
+    present = [c for c in tail_classes if (truth == c).any()]
+    if not present:
+        return float("nan")
+    return float(np.mean([np.mean(preds[truth == c] == c) for c in present]))
+
+
 def _collect(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """All rows of a monitor dataset as (uint8 NCHW images, labels), sorted by key (reproducible)."""
     import ray.train
@@ -296,11 +305,14 @@ class OnlineMonitor:
 
     def keys(self) -> list[str]:
         out = ["knn_top1", "monitor_query_classes"] if self.has_knn else []
+        if self.has_knn and self.cfg.eval.tail_classes:
+            out.append("knn_tail_top1")
         return out + (list(LABEL_FREE_KEYS) if self.has_pool else [])
 
-    def epoch_metrics(self, backbone: torch.nn.Module, epoch: int) -> dict[str, float]:
-        """The monitor's figures for this epoch ({} on epochs it skips)."""
-        if not self.every or epoch % self.every:
+    def epoch_metrics(self, backbone: torch.nn.Module, epoch: int, final: bool = False) -> dict[str, float]:
+        """The monitor's figures for this epoch ({} on epochs it skips). The run's last epoch is always
+        scored, so a run (or a sweep trial) ends with the figures of the encoder it hands over."""
+        if not self.every or (epoch % self.every and not final):
             return {}
         if self.rank != 0:
             return {k: float("nan") for k in self.keys()}
@@ -329,15 +341,20 @@ class OnlineMonitor:
     # ------------------------------------------------------------------ figures
 
     def _knn(self, backbone: torch.nn.Module) -> dict[str, float]:
-        from pipelines.evaluation.knn import KnnProtocol, knn_accuracy
+        from pipelines.evaluation.knn import weighted_knn_predict
 
         ev = self.cfg.eval
-        protocol = KnnProtocol(ev.knn_k, ev.knn_temperature, "online")
         bank, queries = self.bank, self.queries
         assert bank is not None and queries is not None, "called only when has_knn"
-        acc = knn_accuracy(features(backbone, bank[0], self.cfg), bank[1].numpy(),
-                           features(backbone, queries[0], self.cfg), queries[1].numpy(), protocol)
-        return {"knn_top1": float(acc), "monitor_query_classes": int(torch.unique(queries[1]).numel())}
+        truth = queries[1].numpy()
+        num_classes = int(max(bank[1].max(), truth.max())) + 1
+        preds = weighted_knn_predict(features(backbone, bank[0], self.cfg), bank[1].numpy(),
+                                     features(backbone, queries[0], self.cfg), ev.knn_k, ev.knn_temperature,
+                                     num_classes=num_classes)
+        out = {"knn_top1": float(np.mean(preds == truth)), "monitor_query_classes": int(np.unique(truth).size)}
+        if ev.tail_classes:
+            out["knn_tail_top1"] = tail_accuracy(preds, truth, ev.tail_classes)
+        return out
 
     def _label_free(self, backbone: torch.nn.Module, epoch: int) -> dict[str, float]:
         from pipelines.console import say

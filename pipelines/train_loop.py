@@ -317,7 +317,8 @@ class Worker:
             "nodes": self.nodes,
         }
         metrics.update({f"prune_{k}": v for k, v in round_info.items() if isinstance(v, (int, float))})
-        metrics.update(self.online.epoch_metrics(self.ssl_method().backbone, pos.epoch))  # same keys on every rank
+        metrics.update(self.online.epoch_metrics(self.ssl_method().backbone, pos.epoch,  # same keys on every rank
+                                                 final=pos.step >= self.total_steps))
         pos.history.append(metrics)
         self.tracker.log_epoch(metrics)
         return metrics

@@ -47,7 +47,7 @@ def test_overrides_are_parsed_as_yaml_and_validated() -> None:
         ({"curate": {"balance_levels": [10, 100]}}, "curate.balance_levels", "finest level first"),
         ({"curate": {"semdedup_mode": "greedy"}}, "curate.semdedup_mode", "'reference', 'kept_only'"),
         ({"dynamic": {"keep_fraction": 0}}, "dynamic.keep_fraction", "a fraction in (0, 1]"),
-        ({"dynamic": {"policy": "random"}}, "dynamic.policy", "'cluster_balance'"),
+        ({"dynamic": {"policy": "prune_all"}}, "dynamic.policy", "'cluster_balance'"),
         ({"train": {"batch_size": 256, "grad_accum_steps": 3}}, "train.grad_accum_steps", "a divisor"),
         ({"backbone": {"name": "vit_tiny", "patch_size": 5}}, "backbone.patch_size", "a divisor of data.image_size (28)"),
         ({"method": {"name": "mae"}, "backbone": {"patch_size": 8}}, "backbone.patch_size", "a divisor of data.image_size"),

@@ -26,7 +26,7 @@ def _ToRGB() -> torch.nn.Module:  # noqa: N802 - reads like the module it return
     return RandomConvEmbedder(1)
 
 
-@pytest.mark.parametrize("policy", ["cluster_balance", "loss_based"])
+@pytest.mark.parametrize("policy", ["cluster_balance", "loss_based", "random"])
 def test_a_round_keeps_the_asked_fraction_of_distinct_samples(long_tailed, policy: str) -> None:
     images, labels = long_tailed
     recipe = ViewRecipe(size=28, crop_scale=(0.5, 1.0), flip_prob=0.0, mean=(0.5,), std=(0.5,))

@@ -139,3 +139,44 @@ def test_a_collapsing_encoder_raises_the_alarm_and_a_healthy_one_does_not(mnist_
     other = OnlineMonitor(monitor.cfg, rank=1, names=("monitor_pool",))
     assert set(other.epoch_metrics(_Collapsed(), epoch=2)) == set(collapsed)
     assert _monitor_on(images, epochs_every=2).epoch_metrics(_Collapsed(), epoch=1) == {}
+
+
+def test_tail_accuracy_weighs_each_tail_class_the_same_and_ignores_the_head() -> None:
+    from pipelines.monitor import tail_accuracy
+
+    truth = np.array([0] * 90 + [1] * 8 + [2] * 2)
+    preds = truth.copy()
+    preds[:90] = 1  # the head class is all wrong: it must not count
+    preds[98] = 0  # class 2: one of its two queries wrong
+    assert tail_accuracy(preds, truth, [1, 2]) == pytest.approx((1.0 + 0.5) / 2)
+    assert np.isnan(tail_accuracy(preds, truth, [5]))  # no query of the tail: NaN, not 0 or 1
+
+
+def test_tail_classes_must_be_distinct_class_ids() -> None:
+    from pipelines.config import load_config
+
+    assert load_config(None, ["eval.tail_classes=[7,8,9]"]).eval.tail_classes == [7, 8, 9]
+    for bad in ("[7,7]", "[-1]"):
+        with pytest.raises(Exception, match="eval.tail_classes"):
+            load_config(None, [f"eval.tail_classes={bad}"])
+
+
+def test_the_last_epoch_is_always_scored_with_the_tail_classes(mnist_digits) -> None:
+    """``train.knn_monitor_every=2``: epoch 1 is skipped, but a run that ends at epoch 3 is scored there
+    (overall and on ``eval.tail_classes``), so the encoder a run hands over always has its figures."""
+    from pipelines.models import build_method_from_config
+    from pipelines.monitor import tail_accuracy
+
+    images, labels = mnist_digits
+    x = torch.from_numpy(images[:600]).unsqueeze(1).contiguous()
+    y = torch.from_numpy(labels[:600].astype(np.int64))
+    cfg = load_config(None, ["backbone.width=8", "train.knn_monitor_every=2", "eval.tail_classes=[8,9]",
+                             "eval.knn_k=10"])
+    monitor = OnlineMonitor(cfg, rank=0, names=())
+    monitor.bank, monitor.queries, monitor.has_knn = (x[:400], y[:400]), (x[400:], y[400:]), True
+    backbone = build_method_from_config(cfg).backbone
+    assert monitor.epoch_metrics(backbone, epoch=1) == {}
+    last = monitor.epoch_metrics(backbone, epoch=3, final=True)
+    assert set(last) == {"knn_top1", "monitor_query_classes", "knn_tail_top1"} == set(monitor.keys())
+    assert 0 <= last["knn_tail_top1"] <= 1 and last["knn_tail_top1"] != tail_accuracy(
+        np.zeros(200, np.int64), y[400:].numpy(), [8, 9])  # a real vote, not an all-zero prediction

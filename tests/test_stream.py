@@ -314,6 +314,28 @@ def test_a_stream_pruning_round_keeps_the_exact_fraction_and_the_next_epoch_read
         assert sorted(read) == sorted(keep)  # the epoch read the keep-list, each sample once, nothing else
 
 
+def test_a_random_stream_round_draws_the_exact_fraction_afresh_each_round_without_embedding(
+        ray_session, mnist_digits, tmp_path: Path) -> None:
+    """``dynamic.policy=random`` (the control for the selection rules): exactly keep_fraction of distinct
+    pool keys, a different draw each round, and no time spent embedding."""
+    from pipelines.dynamic import stream_round
+    from pipelines.models import build_method_from_config
+
+    images, labels = mnist_digits
+    paths = digit_shards(tmp_path / "pool", images, labels, [100, 100, 100])
+    pool = ShardPool.count(paths)
+    cfg = load_config(None, [f"run_dir={tmp_path / 'run'}", "data.cache=stream", "dynamic.policy=random",
+                             "dynamic.keep_fraction=0.4", *SMALL])
+    backbone = build_method_from_config(cfg).backbone
+    first = stream_round(cfg, backbone, pool, epoch=2, run_dir=None)
+    second = stream_round(cfg, backbone, pool, epoch=3, run_dir=None)
+    for r in (first, second):
+        keys = [k for ks in r.keep.values() for k in ks]
+        assert len(keys) == len(set(keys)) == 120 and r.info["kept"] == 120 and r.info["pool"] == 300
+        assert r.info["embed_seconds"] == 0.0
+    assert first.keep != second.keep
+
+
 def test_each_ranks_own_count_is_summed_not_rank_zeros_times_the_world(tmp_path: Path) -> None:
     """``active_samples`` and the other whole-run counts add every rank's own number (two gloo ranks with
     3 and 5 samples give 8; rank 0's figure times the world size would give 6)."""

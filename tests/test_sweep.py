@@ -107,6 +107,12 @@ def test_pbt_requires_in_process_trials_and_knn_every_epoch(tmp_path: Path) -> N
                             "scheduler: pbt\n")
     with pytest.raises(ConfigError, match="'train.knn_monitor_every'"):
         spec_from(tmp_path, "config: {train: {knn_monitor_every: 2}}\nsearch: {method.temperature: {grid: [0.1]}}\n")
+    # fifo reads only the last epoch, which the monitor always scores; off (0) is still refused
+    spec_from(tmp_path, "config: {train: {knn_monitor_every: 2}}\nsearch: {method.temperature: {grid: [0.1]}}\n"
+                        "scheduler: fifo\n")
+    with pytest.raises(ConfigError, match="'train.knn_monitor_every'"):
+        spec_from(tmp_path, "config: {train: {knn_monitor_every: 0}}\nsearch: {method.temperature: {grid: [0.1]}}\n"
+                            "scheduler: fifo\n")
 
 
 def test_report_is_self_contained_with_both_plots() -> None:

@@ -7,6 +7,7 @@ import shutil
 from typing import Any
 
 from curation.errors import InputError
+from pipelines.console import say
 from pipelines.config import PipelineConfig, config_to_dict
 from pipelines.sweeps.locations import check_sweep_locations, experiment_path, remove_experiment, storage_root, sweep_dir
 from pipelines.sweeps.results import SweepResult, write_results
@@ -68,7 +69,7 @@ def _datasets(cfg: PipelineConfig) -> tuple[Any, Any]:
     monitor = monitor_sets_for_run(cfg, pool, cur).materialize()
     shard_pool = ShardPool.from_manifest(cur["manifest"], cur["shards"])
     mode, why = choose_cache(d.cache, shard_pool.total, d.image_size, d.channels, d.cache_budget_gb)
-    print(f"[sweep] feed: {mode}; {why}", flush=True)
+    say(f"[sweep] feed: {mode}; {why}")
     if mode == "stream":
         return shard_pool, monitor
     train = read_decoded(cur["shards"], d.image_size, d.channels, d.intensity).select_columns(["image", "label"])
@@ -96,7 +97,7 @@ def _make_tuner(cfg: PipelineConfig, spec: SweepSpec, train_ds: Any, monitor_set
         base["train"]["tracking_uri"] = (sdir / "mlruns").as_uri()
     trainable = tune.with_parameters(
         sweep_trial, base=base, trials_dir=str(sdir / "trials"), train_ds=train_ds, monitor_sets=monitor_sets,
-        with_checkpoints=spec.scheduler.name == "pbt",
+        with_checkpoints=spec.scheduler.name == "pbt", metric=spec.metric,
     )
     # in-process trials reserve their CPU in Tune; DDP trials' workers ask Train for theirs
     per_trial = trial_cpus(cfg) if cfg.train.num_workers == 0 else 0.01
@@ -104,7 +105,7 @@ def _make_tuner(cfg: PipelineConfig, spec: SweepSpec, train_ds: Any, monitor_set
     root = storage_root(cfg, spec)
     exp_path = experiment_path(cfg, spec)
     if _exists(exp_path, resume):
-        print(f"[sweep] resuming {exp_path}", flush=True)
+        say(f"[sweep] resuming {exp_path}")
         return tune.Tuner.restore(exp_path, trainable, resume_unfinished=True, resume_errored=True)
     return tune.Tuner(
         trainable,
@@ -131,8 +132,8 @@ def run_sweep(cfg: PipelineConfig, spec: SweepSpec, *, resume: bool = False, ove
             trial_config(cfg, {key: value})
     ensure_ray(cfg.ray)
     train_ds, monitor_sets = _datasets(cfg)
-    print(f"[sweep] {spec.name}: {len(spec.search)} searched key(s), scheduler {spec.scheduler.name}, "
-          f"{_concurrency(cfg, spec)} trial(s) at once; results in {sdir}", flush=True)
+    say(f"[sweep] {spec.name}: {len(spec.search)} searched key(s), scheduler {spec.scheduler.name}, "
+        f"{_concurrency(cfg, spec)} trial(s) at once; results in {sdir}")
     tuner = _make_tuner(cfg, spec, train_ds, monitor_sets, resume)
     grid = tuner.fit()
     return write_results(cfg, spec, grid)

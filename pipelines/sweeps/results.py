@@ -31,7 +31,19 @@ class SweepResult:
 
 
 #: per-epoch values kept in a trial's curve (the monitor's figures and the optimiser's)
-CURVE_KEYS = ("epoch", "knn_top1", "rankme", "alignment", "uniformity", "feature_std", "loss", "lr")
+CURVE_KEYS = ("epoch", "step", "knn_top1", "knn_tail_top1", "rankme", "alignment", "uniformity", "feature_std", "loss",
+              "lr", "active_samples", "epoch_seconds", "prune_embed_seconds", "prune_round_seconds")
+
+
+def _time_split(curve: list[dict[str, Any]]) -> dict[str, float]:
+    """Where a trial's time went: training epochs, re-embedding the pool in pruning rounds, and the rest of
+    those rounds (clustering and selection)."""
+    def total(key: str) -> float:
+        return float(sum(c[key] for c in curve if finite(c.get(key))))
+
+    embed = total("prune_embed_seconds")
+    return {"train_seconds": total("epoch_seconds"), "reembed_seconds": embed,
+            "select_seconds": max(0.0, total("prune_round_seconds") - embed)}
 
 
 def _curve(result: Any) -> list[dict[str, Any]]:
@@ -60,14 +72,17 @@ def trial_rows(cfg: PipelineConfig, spec: SweepSpec, grid: Any) -> list[dict[str
         best_of = max if spec.mode == "max" else min
         epochs = int(curve[-1]["epoch"]) if curve else 0
         error = str(result.error).splitlines()[0][:300] if result.error else None
-        status = "error" if error else ("completed" if epochs >= spec.scheduler.max_t else "stopped_early")
+        # finished: ran to its epoch count or its step budget (train.max_steps); else the scheduler stopped it
+        finished = epochs >= spec.scheduler.max_t or (sdir / "trials" / trial_id / "finished.jsonl").exists()
+        status = "error" if error else ("completed" if finished else "stopped_early")
         others = {k: next((c[k] for c in reversed(curve) if finite(c.get(k))), float("nan"))
-                  for k in ("knn_top1", "rankme") if k != spec.metric and any(k in c for c in curve)}
+                  for k in ("knn_top1", "knn_tail_top1", "rankme") if k != spec.metric and any(k in c for c in curve)}
         rows.append({
             "trial_id": trial_id, "status": status, **params,
             spec.metric: values[-1] if values else float("nan"),
             f"{spec.metric}_best": best_of(values) if values else float("nan"), **others,
-            "epochs": epochs, "loss_last": curve[-1]["loss"] if curve else float("nan"),
+            "epochs": epochs, "steps": int(curve[-1].get("step") or 0) if curve else 0, **_time_split(curve),
+            "loss_last": curve[-1]["loss"] if curve else float("nan"),
             "starts": len(starts), "first_start": starts[0]["time"] if starts else float("nan"),
             "error": error, "curve": json.dumps(curve),
         })

@@ -207,9 +207,6 @@ def parse_search_space(data: dict[str, Any], base_dir: Path, overrides: list[str
         base_data = copy.deepcopy(data.get("config") or {})
     base_data = apply_overrides(base_data, _as_override_list(data.get("overrides"), "overrides") + list(overrides or []))
     base = config_from_dict(base_data)
-    if base.train.knn_monitor_every != 1:
-        raise _fail("train.knn_monitor_every", f"is {base.train.knn_monitor_every}",
-                    "sweeps rank trials by the online monitor every epoch: set it to 1")
     base_dict = config_to_dict(base)
     raw_search = data.get("search")
     if not isinstance(raw_search, dict) or not raw_search:
@@ -229,7 +226,13 @@ def parse_search_space(data: dict[str, Any], base_dir: Path, overrides: list[str
     name = str(data.get("name", "sweep"))
     if not name or "/" in name or name.startswith("."):
         raise _fail("name", f"got {name!r}", "use a plain folder name")
-    return SweepSpec(base=base, search=search, scheduler=_parse_scheduler(data.get("scheduler"), search, base),
+    scheduler = _parse_scheduler(data.get("scheduler"), search, base)
+    # asha and pbt compare trials epoch by epoch; fifo reads only the last epoch, which is always scored
+    if base.train.knn_monitor_every != 1 and (scheduler.name != "fifo" or base.train.knn_monitor_every == 0):
+        raise _fail("train.knn_monitor_every", f"is {base.train.knn_monitor_every}",
+                    f"the {scheduler.name} scheduler ranks trials by the online monitor every epoch: set it to 1"
+                    if scheduler.name != "fifo" else "trials are ranked by the monitor's last-epoch figures: set it >= 1")
+    return SweepSpec(base=base, search=search, scheduler=scheduler,
                      num_samples=num_samples, max_concurrent=max_concurrent, metric=metric, mode=mode, name=name,
                      storage_path=_storage_path(data.get("storage_path")), source=source)
 

@@ -44,19 +44,17 @@ def _seed_from_tune_checkpoint(local_root: Path) -> int:
 
     Returns the epoch it holds (0 without one), so epochs up to it are not reported twice.
     """
-    import torch
     from ray import tune
 
-    from pipelines.pretrain import CHECKPOINT_FILE
+    from pipelines.train_checkpoints import CHECKPOINT_FILE, checkpoint_name, read_state
 
     ckpt = tune.get_checkpoint()
     if ckpt is None:
         return 0
     with ckpt.as_directory() as d:
-        state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-        epoch = int(state["epoch"])
+        epoch = int(read_state(Path(d) / CHECKPOINT_FILE)["epoch"])
         shutil.rmtree(local_root, ignore_errors=True)
-        target = local_root / f"epoch_{epoch:06d}"
+        target = local_root / checkpoint_name(epoch)
         target.mkdir(parents=True)
         shutil.copyfile(Path(d) / CHECKPOINT_FILE, target / CHECKPOINT_FILE)
     return epoch
@@ -64,30 +62,36 @@ def _seed_from_tune_checkpoint(local_root: Path) -> int:
 
 def _newest_history(local_root: Path, seen: int) -> tuple[int, list[dict[str, Any]], Optional[Path]]:
     """History inside the newest local checkpoint if it is past epoch ``seen`` (it may vanish: pruned)."""
-    import torch
+    from pipelines.train_checkpoints import (
+        CHECKPOINT_FILE,
+        CheckpointRefused,
+        checkpoint_epoch,
+        local_checkpoint_folders,
+        read_state,
+    )
 
-    from pipelines.pretrain import CHECKPOINT_FILE
-
-    dirs = sorted(local_root.glob("epoch_*")) if local_root.exists() else []
-    if not dirs or int(dirs[-1].name.split("_")[1]) <= seen:
+    dirs = local_checkpoint_folders(local_root)
+    if not dirs or checkpoint_epoch(dirs[-1].name) <= seen:
         return seen, [], None
     try:
-        state = torch.load(dirs[-1] / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-    except (FileNotFoundError, RuntimeError, EOFError):
+        state = read_state(dirs[-1] / CHECKPOINT_FILE)
+    except CheckpointRefused:  # pruned by the loop, or caught mid-write: the next look finds a newer one
         return seen, [], None
     return int(state["epoch"]), list(state["history"]), dirs[-1]
 
 
 def _report_epochs(history: list[dict[str, Any]], after: int, params: dict[str, Any], ckpt_dir: Optional[Path],
-                   with_checkpoint: bool) -> int:
-    """Send epochs past ``after`` to Tune (with a Tune checkpoint on the newest one for PBT)."""
+                   with_checkpoint: bool, metric: str) -> int:
+    """Send epochs past ``after`` to Tune (with a Tune checkpoint on the newest one for PBT). An epoch the
+    monitor skipped (``train.knn_monitor_every`` > 1 under fifo) carries the ranking ``metric`` as NaN:
+    Tune wants it in every result, and the sweep's table ignores NaN."""
     from ray import tune
 
-    from pipelines.pretrain import CHECKPOINT_FILE
+    from pipelines.train_checkpoints import CHECKPOINT_FILE
 
     new = [h for h in history if h["epoch"] > after]
     for i, metrics in enumerate(new):
-        out = {**metrics, **{f"param/{k}": v for k, v in params.items()}}
+        out = {metric: float("nan"), **metrics, **{f"param/{k}": v for k, v in params.items()}}
         if with_checkpoint and ckpt_dir is not None and i == len(new) - 1:
             with tempfile.TemporaryDirectory() as tmp:
                 try:  # the loop may prune this folder while we copy: then skip this one checkpoint
@@ -139,7 +143,7 @@ def _pretrain_task():
 
 
 def _train_in_helper(cfg: PipelineConfig, train_ds: Any, monitor_sets: Any, trial_dir: Path, run_name: str,
-                    params: dict[str, Any], with_checkpoints: bool) -> int:
+                    params: dict[str, Any], with_checkpoints: bool, metric: str) -> int:
     """In-process trial: pretrain in a helper task on this node; forward epochs as checkpoints appear."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -156,7 +160,7 @@ def _train_in_helper(cfg: PipelineConfig, train_ds: Any, monitor_sets: Any, tria
             done, _ = ray.wait([pending], timeout=0.5)
             seen, history, ckpt_dir = _newest_history(local_root, seen)
             if history:
-                reported = _report_epochs(history, reported, params, ckpt_dir, with_checkpoints)
+                reported = _report_epochs(history, reported, params, ckpt_dir, with_checkpoints, metric)
             if done:
                 break
     except BaseException:  # Tune stops a trial by raising SystemExit in report(): stop the helper too
@@ -164,31 +168,38 @@ def _train_in_helper(cfg: PipelineConfig, train_ds: Any, monitor_sets: Any, tria
         raise
     history = ray.get(pending)  # raises the trial's own error, if any
     _, _, ckpt_dir = _newest_history(local_root, 0)
-    return _report_epochs(history, reported, params, ckpt_dir, with_checkpoints)
+    return _report_epochs(history, reported, params, ckpt_dir, with_checkpoints, metric)
 
 
-def _train_with_ray_train(cfg: PipelineConfig, train_ds: Any, monitor_sets: Any, trial_dir: Path, run_name: str) -> int:
+def _train_with_ray_train(cfg: PipelineConfig, train_ds: Any, monitor_sets: Any, trial_dir: Path, run_name: str,
+                          metric: str) -> int:
     """DDP trial: the supported Train V2 + Tune pattern; rank 0's metrics reach Tune through the callback."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from pipelines.pretrain import pretrain
 
-    result = pretrain(cfg, train_ds, trial_dir, monitor_sets, name=run_name, callbacks=[TuneReportCallback()])
+    class ReportWithMetric(TuneReportCallback):
+        """Tune's callback, with the ranking metric as NaN on epochs the monitor skipped (see _report_epochs)."""
+
+        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+            super().after_report(run_context, [{metric: float("nan"), **m} for m in metrics], checkpoint)
+
+    result = pretrain(cfg, train_ds, trial_dir, monitor_sets, name=run_name, callbacks=[ReportWithMetric()])
     return int(result.history[-1]["epoch"]) if result.history else 0
 
 
 def _finished_history(trial_dir: Path) -> Optional[list[dict[str, Any]]]:
     """The metric history of a trial that already ran to its end (marker + final checkpoint), else None."""
-    import torch
+    from pipelines.train_checkpoints import read_state
 
     final = trial_dir / "checkpoint.pt"
     if not (trial_dir / "finished.jsonl").exists() or not final.exists():
         return None
-    return list(torch.load(final, map_location="cpu", weights_only=True)["history"])
+    return list(read_state(final)["history"])
 
 
 def sweep_trial(params: dict[str, Any], *, base: dict[str, Any], trials_dir: str, train_ds: Any, monitor_sets: Any,
-                with_checkpoints: bool) -> None:
+                with_checkpoints: bool, metric: str = "knn_top1") -> None:
     """The Tune function trainable: one trial = one pretraining run of the sampled config."""
     from ray import tune
 
@@ -199,12 +210,12 @@ def sweep_trial(params: dict[str, Any], *, base: dict[str, Any], trials_dir: str
     if finished is not None:
         # the driver died after this trial finished but before Tune saved that: hand back its results, don't retrain
         _append_line(trial_dir / "replays.jsonl", {"time": time.time(), "pid": os.getpid()})
-        _report_epochs(finished, 0, params, None, False)
+        _report_epochs(finished, 0, params, None, False, metric)
         return
     # one line per (re)start: proves on resume that finished trials were not run again
     _append_line(trial_dir / "starts.jsonl", {"time": time.time(), "pid": os.getpid(), "params": params})
     if cfg.train.num_workers == 0:
-        last = _train_in_helper(cfg, train_ds, monitor_sets, trial_dir, trial_id, params, with_checkpoints)
+        last = _train_in_helper(cfg, train_ds, monitor_sets, trial_dir, trial_id, params, with_checkpoints, metric)
     else:
-        last = _train_with_ray_train(cfg, train_ds, monitor_sets, trial_dir, trial_id)
+        last = _train_with_ray_train(cfg, train_ds, monitor_sets, trial_dir, trial_id, metric)
     _append_line(trial_dir / "finished.jsonl", {"time": time.time(), "epoch": last})
