@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, cast
 
+import storage
 from curation.errors import InputError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
@@ -156,14 +157,9 @@ def write_parquet_stream(samples: Iterable[Sample], fileobj: IO[bytes], row_grou
 
 
 def write_shard(samples: Iterable[Sample], path: str | Path) -> int:
-    """Write one tar shard atomically (temp + rename); returns the sample count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        count = len(write_tar_stream(samples, f))
-    os.replace(tmp, path)
-    return count
+    """Write one tar shard atomically (``storage.open_output``); returns the sample count."""
+    with storage.open_output(path) as f:
+        return len(write_tar_stream(samples, f))
 
 
 def write_shards(samples: Iterable[Sample], dest: str | Path, shard_size: int, prefix: str = "shard",

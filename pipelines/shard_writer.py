@@ -13,14 +13,9 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
-import tempfile
 import socket
-import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -29,7 +24,7 @@ from PIL import Image
 
 from curation.decode import open_image
 from curation.ingest import filesystem_for, open_input_file
-from storage.io import COPY_CHUNK, SPOOL_BYTES
+import storage
 from storage.uri import apply_env
 from curation.shards import Sample, open_decompressed, sniff_image_ext, write_parquet_stream, write_tar_stream
 
@@ -40,34 +35,8 @@ SIDE_SCHEMA = pa.schema([("key", pa.string()), ("shard", pa.string()), ("offset"
 REENCODE_QUALITY = 95
 
 
-@contextmanager
-def atomic_output(fs: pafs.FileSystem, path: str) -> Iterator[Any]:
-    """A writable stream whose content appears under ``path`` only when complete.
-
-    Locally: a temp name unique to this writer, then rename. On object stores the content is
-    spooled locally and uploaded in one go when the block ends cleanly: pyarrow's output stream
-    would complete a partial upload if an exception left the block (see storage/io.py).
-    """
-    if isinstance(fs, pafs.LocalFileSystem):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        tmp = f"{path}.{uuid.uuid4().hex[:12]}.tmp"
-        try:
-            with open(tmp, "wb") as f:
-                yield f
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    else:
-        with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
-            yield spool
-            spool.seek(0)
-            with fs.open_output_stream(path) as out:
-                shutil.copyfileobj(spool, out, COPY_CHUNK)
-
-
 def write_table(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
-    with atomic_output(fs, path) as f:
+    with storage.open_output(path, fs) as f:
         pq.write_table(table, f)
 
 
@@ -234,7 +203,7 @@ def write_shard_task(plan: pa.Table, start: int, stop: int, number: int, name: s
             sources[row["key"]] = row["origin"]
     writer = write_tar_stream if fmt == "webdataset" else write_parquet_stream
     labels = {s.key: s.label for s in samples}
-    with atomic_output(fs, data_path) as f:
+    with storage.open_output(data_path, fs) as f:
         located = writer(samples, f)
         side_rows = [{"key": k, "shard": name, "offset": o, "size": n, "label": labels[k], "source": sources[k],
                       "reason": "ok", "detail": details.get(k, "")} for k, o, n in located]

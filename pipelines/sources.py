@@ -40,7 +40,7 @@ from pipelines.config import RayConfig, PipelineConfig
 from pipelines.shard_listing import FOLDER_IGNORED_REASONS
 from pipelines.shard_plan import SourcePlan, fingerprint, plan_source
 from pipelines.shard_tasks import TaskRunner
-from pipelines.shard_writer import SIDE_SCHEMA, WrittenShard, atomic_output, write_shard_task, write_table
+from pipelines.shard_writer import SIDE_SCHEMA, WrittenShard, write_shard_task, write_table
 
 DEMO_SOURCE = "mnist-demo"
 
@@ -147,7 +147,7 @@ def _check_plan_record(fs: pafs.FileSystem, root: str, dest: str, src: str, plan
             raise InputError(f"{dest} already holds shards of a different input, shard size, format, labels or "
                              "--max-side; use an empty destination (or delete it) to start over")
         return
-    with atomic_output(fs, plan_path) as f:
+    with storage.open_output(plan_path, fs) as f:
         f.write(json.dumps({"fingerprint": digest, "samples": plan.table.num_rows, "shard_size": shard_size,
                             "format": fmt, "source": src, "labels": plan.label_source}).encode())
 
@@ -231,7 +231,7 @@ def shard_source(src: str, dest: str, shard_size: int, fmt: str = "webdataset", 
         "ignored": _ignored_summary(plan, ignored_by_reason),
         "this_run": _this_run_summary(runner, plan, written, started, listed, wrote),
     }
-    with atomic_output(fs, summary_path) as f:
+    with storage.open_output(summary_path, fs) as f:
         f.write(json.dumps(summary, indent=2, sort_keys=True).encode())
     uris = [join_uri(dest, f"{root}/{n}") for n in names]
     rejected_text = ", ".join(f"{k} {v}" for k, v in by_reason.items()) or "none"

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import IO, Any, Iterator
 
@@ -39,29 +40,34 @@ def open_input(location: str | os.PathLike[str], raw: bool = False) -> Any:
 
 
 @contextlib.contextmanager
-def open_output(location: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
-    """A writable binary file whose content appears at ``location`` only when the block ends cleanly."""
-    if not is_uri(location):
-        path = local_path(location)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
+def open_output(location: str | os.PathLike[str], fs: pafs.FileSystem | None = None) -> Iterator[IO[bytes]]:
+    """A writable binary file whose content appears at ``location`` only when the block ends cleanly.
+
+    ``fs``: the filesystem ``location`` lies in (then ``location`` is the path inside it), for a caller
+    that already holds one configured with a source's own options; by default it comes from the
+    location. The local temp name is unique to this writer, so two writers racing for one path (a
+    retried task) never write into each other's file; the last rename wins whole.
+    """
+    if fs is None:
+        fs, path = filesystem_for(location)
+    else:
+        path = str(location)
+    if isinstance(fs, pafs.LocalFileSystem):
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f"{target.name}.{uuid.uuid4().hex[:12]}.tmp")
         try:
             with open(tmp, "wb") as f:
                 yield f
-            os.replace(tmp, path)
+            os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
         return
     with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
         yield spool  # type: ignore[misc]
         spool.seek(0)
-        _upload(spool, location)
-
-
-def _upload(source: IO[bytes], location: str | os.PathLike[str]) -> None:
-    fs, path = filesystem_for(location)
-    with fs.open_output_stream(path) as out:
-        shutil.copyfileobj(source, out, COPY_CHUNK)
+        with fs.open_output_stream(path) as out:
+            shutil.copyfileobj(spool, out, COPY_CHUNK)
 
 
 def write_bytes(location: str | os.PathLike[str], data: bytes) -> str:
