@@ -162,33 +162,52 @@ def summarise(rows: list[dict[str, Any]], full_steps: int) -> list[dict[str, Any
             v = np.array([x[key] for x in g], dtype=float)
             entry[key] = float(v.mean())
             entry[key + "_spread"] = float((v.max() - v.min()) / 2)
+            entry[key + "_var"] = float(v.var(ddof=1)) if len(v) > 1 else 0.0
         out.append(entry)
     return out
 
 
+def noise_threshold(summary: list[dict[str, Any]], metric: str) -> float:
+    """Twice the standard deviation of a difference of two cells' seed means, from the seed variance pooled
+    over every cell: with two seeds a cell's own half-range is too crude (it can be 0.00 by chance)."""
+    sd_run = float(np.sqrt(np.mean([s[metric + "_var"] for s in summary])))
+    seeds = min(s["seeds"] for s in summary)
+    return 2 * sd_run * float(np.sqrt(2 / max(seeds, 1)))
+
+
 def verdicts(summary: list[dict[str, Any]]) -> dict[str, Any]:
-    """The issue's two questions, answered from the means and the seed spreads."""
+    """The issue's questions, answered from the cell means against the pooled seed noise: ``a`` matches
+    ``b`` when ``a >= b - threshold`` and beats it when ``a - b > threshold``."""
     at = {(s["redundancy"], s["strategy"], s["budget"]): s for s in summary}
     levels = sorted({s["redundancy"] for s in summary})
     out: dict[str, Any] = {}
     for metric in ("knn_top1", "knn_tail_top1"):
+        noise = noise_threshold(summary, metric)
+        out[f"noise threshold on {metric}"] = round(noise, 4)
+
+        def beats(a: dict[str, Any] | None, b: dict[str, Any] | None, metric: str = metric,
+                  noise: float = noise) -> bool:
+            return bool(a and b and a[metric] - b[metric] > noise)
+
         for policy in ("cluster_balance", "loss_based"):
             first = None
             for r in levels:
                 dyn, full = at.get((r, policy, 0.6)), at.get((r, "full", 1.0))
-                if dyn and full and dyn[metric] + dyn[metric + "_spread"] + full[metric + "_spread"] >= full[metric]:
+                if dyn and full and dyn[metric] >= full[metric] - noise:
                     first = r
                     break
             out[f"{policy}@0.6x matches full@1x on {metric} from redundancy"] = first
         for budget in (1.0, 0.6):
-            wins = []
-            for r in levels:
-                st = at.get((r, "static", budget))
-                for policy in ("cluster_balance", "loss_based"):
-                    dyn = at.get((r, policy, budget))
-                    if st and dyn and dyn[metric] - dyn[metric + "_spread"] > st[metric] + st[metric + "_spread"]:
-                        wins.append(f"{policy}@{r}")
-            out[f"dynamic beats static beyond the spread on {metric} at {budget}x"] = wins
+            out[f"dynamic beats static beyond the noise on {metric} at {budget}x"] = [
+                f"{policy}@{r}" for r in levels for policy in ("cluster_balance", "loss_based")
+                if beats(at.get((r, policy, budget)), at.get((r, "static", budget)))]
+        for budget in (1.0, 0.6):  # does pruning add anything over the same steps on the whole pool?
+            out[f"pruning beats the full pool at the same steps beyond the noise on {metric} at {budget}x"] = [
+                f"{policy}@{r}" for r in levels for policy in ("random", "cluster_balance", "loss_based")
+                if beats(at.get((r, policy, budget)), at.get((r, "full", budget)))]
+        out[f"below full@1x beyond the noise on {metric}"] = [
+            f"{s['strategy']}@{s['budget']}x@{s['redundancy']}" for s in summary
+            if beats(at.get((s["redundancy"], "full", 1.0)), s)]
     return out
 
 

@@ -189,6 +189,7 @@ class TrainConfig:
 class DynamicConfig:
     """Dynamic dataset pruning during pretraining (README, "What is in the box": dynamic pruning)."""
 
+    #: ``none`` by default: no rule beat the whole pool at equal steps in bench/pruning_grid.py (README's advice).
     #: ``random`` re-draws a random keep_fraction each round: the control that shows what a selection rule is worth
     policy: Literal["none", "cluster_balance", "loss_based", "random"] = "none"
     #: epochs on the full pool before the first round
